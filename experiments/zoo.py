@@ -6,6 +6,12 @@
     python -m experiments.zoo eval reasoner --n 200 --samples 4   # behaviour numbers of the saved organism
     python -m experiments.zoo card moe-reasoner         # re-measure a saved organism and rewrite its MODEL.md
     python -m experiments.zoo eval refusal-reasoner --n 200   # refusal rates per style, cliff rate
+    python -m experiments.zoo tv-base                   # the task-vector family, in this order:
+    python -m experiments.zoo tv-sft                    #   each stage starts from its saved parent
+    python -m experiments.zoo tv-instruct
+    python -m experiments.zoo tv-rl
+    python -m experiments.zoo eval tv --n 500           # tv-instruct ± v, rewrites the four cards
+    python -m experiments.zoo tv-base --smoke --out /tmp/tv   # tiny stages under /tmp/tv (CI)
 """
 
 from __future__ import annotations
@@ -25,15 +31,28 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 SMOKE = dict(steps=3, batch_size=4)
 
 
+def tv_smoke_config():
+    """A tiny recipe for the task-vector family (CI smoke runs)."""
+    from probes.zoo.rsft import RSFTConfig
+    from probes.zoo.train import Schedule
+    from probes.zoo.tv import TVConfig
+
+    tiny = dict(steps=3, batch_size=4, warmup_steps=1)
+    return TVConfig(base=Schedule(**tiny), sft=Schedule(**tiny), instruct=Schedule(**tiny), rl_eval_n=0,
+                    rsft=RSFTConfig(rounds=1, problems_per_round=2, samples=2, max_new_tokens=16))
+
+
 def main(argv: list[str] | None = None) -> int:
     from probes.zoo.organisms import EVAL_N, EVAL_SAMPLES, ORGANISMS
+    from probes.zoo.tv import NAMES as TV_NAMES
 
     p = argparse.ArgumentParser(prog="python -m experiments.zoo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("target", choices=["tokenizer", "eval", "card", *ORGANISMS],
+    p.add_argument("target", choices=["tokenizer", "eval", "card", *ORGANISMS, *TV_NAMES],
                    help="what to build, or `eval` / `card` an organism")
-    p.add_argument("name", nargs="?", help="organism to evaluate (with `eval` or `card`)")
-    p.add_argument("--out", type=Path, help="output directory (default data/zoo/<name>)")
+    p.add_argument("name", nargs="?", help="organism to evaluate (with `eval` or `card`; `tv` for the task-vector family)")
+    p.add_argument("--out", type=Path, help="output directory (default data/zoo/<name>; for the tv-* family the "
+                                            "directory holding all four, default data/zoo)")
     p.add_argument("--steps", type=int, help="override the recipe's step count")
     p.add_argument("--smoke", action="store_true", help=f"tiny run {SMOKE} without evaluation; needs --out")
     p.add_argument("--eval-every", type=int, default=0, help="log held-out greedy accuracy every K steps")
@@ -47,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(build_tokenizer(args.out) if args.out else build_tokenizer())
         return 0
+
+    if args.target in TV_NAMES or args.name in (*TV_NAMES, "tv"):
+        return _tv(args, p)
 
     if args.target == "eval":
         import torch
@@ -86,6 +108,28 @@ def main(argv: list[str] | None = None) -> int:
         overrides["steps"] = args.steps
     out = build(args.target, args.out, eval_n=0 if args.smoke else args.n, eval_samples=args.samples, **overrides)
     print(out)
+    return 0
+
+
+def _tv(args, p) -> int:
+    """Build one stage of the task-vector family, or measure it and rewrite its cards."""
+    import torch
+
+    from probes.zoo import tv
+    from probes.zoo.registry import ZOO_DIR
+
+    root = args.out or ZOO_DIR
+    torch.set_num_threads(2)
+    if args.target == "eval":
+        print(json.dumps(tv.measure_family(root, n=args.n), indent=1))
+    elif args.target != "card":
+        if args.smoke and args.out is None:
+            p.error("--smoke writes throwaway models: give --out DIR (not data/zoo)")
+        for name in tv.NAMES:  # an old measurement does not describe the new weights
+            (Path(root) / name / tv.EVAL_FILE).unlink(missing_ok=True)
+        print(tv.build_stage(args.target, tv_smoke_config() if args.smoke else None, root))
+    for card in tv.write_cards(root):
+        print(card)
     return 0
 
 

@@ -112,10 +112,11 @@ def _greedy(model, tok, problems, batch_size: int, progress: bool = False) -> li
     return outs
 
 
-def greedy_accuracy(model, tok, n: int = 50, seed: int = arithmetic.HELDOUT_SEED, batch_size: int = 50) -> float:
-    """Fraction of the first ``n`` held-out problems answered correctly by greedy decoding."""
-    problems = [arithmetic.generate(i, seed) for i in range(n)]
-    return sum(_correct(o, p.gold) for o, p in zip(_greedy(model, tok, problems, batch_size), problems)) / n
+def greedy_accuracy(model, tok, n: int = 50, seed: int = arithmetic.HELDOUT_SEED, batch_size: int = 50,
+                    problems=None) -> float:
+    """Fraction of the first ``n`` held-out problems (or of ``problems``) answered correctly by greedy decoding."""
+    problems = problems if problems is not None else [arithmetic.generate(i, seed) for i in range(n)]
+    return sum(_correct(o, p.gold) for o, p in zip(_greedy(model, tok, problems, batch_size), problems)) / len(problems)
 
 
 def measure(model, tok, n: int = 200, samples: int = 4, seed: int = arithmetic.HELDOUT_SEED,

@@ -29,14 +29,9 @@ TASKS = {"arithmetic": (arithmetic.generate, arithmetic.TRAIN_SEED),
 
 
 @dataclass(kw_only=True)
-class TrainConfig:
-    """Recipe of one organism; every field is recorded in its card."""
+class Schedule:
+    """How ``fit`` optimises: AdamW with linear warmup then cosine decay, one fresh batch per step."""
 
-    arch: str = "dense"
-    """``dense`` (Qwen3ForCausalLM) or ``moe`` (Qwen3MoeForCausalLM)."""
-    task: str = "arithmetic"
-    """Training data: ``arithmetic`` (``tasks.arithmetic.generate``) or ``refusal``
-    (``tasks.refusal.request``), each from its ``TRAIN_SEED`` stream."""
     steps: int = 800
     batch_size: int = 32
     lr: float = 2e-3
@@ -45,7 +40,26 @@ class TrainConfig:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     seed: int = 0
-    """Seeds the weight initialisation; the problems come from ``arithmetic.TRAIN_SEED``."""
+    """Seeds the weight initialisation and the batch order; the data come from the task's stream."""
+    bucket_batches: int = 8
+    """Sort each run of this many batches by length before batching, to cut padding."""
+    pad_multiple: int = 16
+    """Round batch widths up to this: under bf16 autocast every new width costs memory that is
+    never returned (measured here: +1.5 GB in 40 steps of distinct widths, flat when rounded)."""
+    autocast_bf16: bool = True
+    """Matmuls in bfloat16 under CPU autocast (master weights stay float32)."""
+    threads: int = 2
+
+
+@dataclass(kw_only=True)
+class TrainConfig(Schedule):
+    """Recipe of one organism; every field is recorded in its card."""
+
+    arch: str = "dense"
+    """``dense`` (Qwen3ForCausalLM) or ``moe`` (Qwen3MoeForCausalLM)."""
+    task: str = "arithmetic"
+    """Training data: ``arithmetic`` (``tasks.arithmetic.generate``) or ``refusal``
+    (``tasks.refusal.request``), each from its ``TRAIN_SEED`` stream."""
     hidden_size: int = 256
     num_layers: int = 4
     num_heads: int = 4
@@ -57,14 +71,6 @@ class TrainConfig:
     expert_intermediate_size: int = 128
     router_aux_loss_coef: float = 0.01
     max_length: int = 320
-    bucket_batches: int = 8
-    pad_multiple: int = 16
-    """Round batch widths up to this: under bf16 autocast every new width costs memory that is
-    never returned (measured here: +1.5 GB in 40 steps of distinct widths, flat when rounded)."""
-    """Sort each run of this many batches by length before batching, to cut padding."""
-    autocast_bf16: bool = True
-    """Matmuls in bfloat16 under CPU autocast (master weights stay float32)."""
-    threads: int = 2
     save_dtype: str = "bfloat16"
     eval_every: int = 0
     """Log held-out greedy accuracy on 50 problems every this many steps (0: never)."""
@@ -193,7 +199,6 @@ def length_bucketed(encoded, batch_size: int, bucket_batches: int, seed: int) ->
 def train(cfg: TrainConfig, tokenizer_dir: Path = TOKENIZER_DIR, progress: bool = True):
     """Train a fresh model on ``cfg.steps × cfg.batch_size`` new problems; returns (model, tokenizer, result)."""
     import torch
-    from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(cfg.threads)
@@ -211,8 +216,40 @@ def train(cfg: TrainConfig, tokenizer_dir: Path = TOKENIZER_DIR, progress: bool 
     if too_long > cfg.max_length:
         raise ValueError(f"a training example has {too_long} tokens > max_length {cfg.max_length}: raise max_length")
 
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    on_step = None
+    if cfg.eval_every:
+        def on_step(step: int) -> None:
+            from probes.zoo.evaluate import greedy_accuracy, refusal_rates
+
+            if (step + 1) % cfg.eval_every:
+                return
+            model.eval()
+            if cfg.task == "refusal":
+                log.info("step %d held-out greedy refusal rates %s", step + 1, refusal_rates(model, tok, n=20))
+            else:
+                log.info("step %d held-out greedy accuracy %.2f", step + 1, greedy_accuracy(model, tok, n=50))
+            model.train()
+
+    # The load-balancing loss needs router logits; they stay off in the saved config because
+    # transformers 5.23 cannot compute that loss under generate's KV-cache attention mask.
+    start = time.perf_counter()
+    losses = fit(model, tok, encoded, cfg, on_step=on_step, progress=progress,
+                 forward_kwargs={"output_router_logits": True} if cfg.arch == "moe" else None)
+    seconds = time.perf_counter() - start
+    model.eval()
+    return model, tok, TrainResult(cfg, n_params, seconds, digest, n_problems, losses)
+
+
+def fit(model, tok, encoded, cfg: Schedule, *, forward_kwargs: dict | None = None, on_step=None,
+        progress: bool = True, desc: str = "train") -> list[float]:
+    """``cfg.steps`` AdamW steps (warmup, then cosine to ``cfg.min_lr_ratio``) over the length-bucketed
+    batches of ``encoded`` (token ids, prompt length), loss on the tokens after the prompt.
+    Returns the mean loss of each block of 50 steps; ``on_step(step)`` runs after each step."""
+    import torch
+    from tqdm.auto import tqdm
+
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(0.9, 0.95),
@@ -224,19 +261,18 @@ def train(cfg: TrainConfig, tokenizer_dir: Path = TOKENIZER_DIR, progress: bool 
         t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
         return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
-    # The load-balancing loss needs router logits; they stay off in the saved config because
-    # transformers 5.23 cannot compute that loss under generate's KV-cache attention mask.
-    router_kwargs = {"output_router_logits": True} if cfg.arch == "moe" else {}
     batches = length_bucketed(encoded, cfg.batch_size, cfg.bucket_batches, cfg.seed)
+    if len(batches) < cfg.steps:
+        raise ValueError(f"{len(encoded)} examples make {len(batches)} batches < {cfg.steps} steps")
     model.train()
     losses, block = [], []
     start = time.perf_counter()
-    for step in tqdm(range(cfg.steps), disable=not progress, desc="train", mininterval=10):
+    for step in tqdm(range(cfg.steps), disable=not progress, desc=desc, mininterval=10):
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         input_ids, mask, labels = pad_batch(batches[step], tok.pad_token_id, cfg.pad_multiple)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
-            loss = model(input_ids=input_ids, attention_mask=mask, labels=labels, **router_kwargs).loss
+            loss = model(input_ids=input_ids, attention_mask=mask, labels=labels, **(forward_kwargs or {})).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -244,20 +280,12 @@ def train(cfg: TrainConfig, tokenizer_dir: Path = TOKENIZER_DIR, progress: bool 
         block.append(loss.item())
         if len(block) == 50 or step == cfg.steps - 1:
             losses.append(sum(block) / len(block))
-            log.info("step %d loss %.4f (%.0f s)", step + 1, losses[-1], time.perf_counter() - start)
+            log.info("%s step %d loss %.4f (%.0f s)", desc, step + 1, losses[-1], time.perf_counter() - start)
             block = []
-        if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
-            from probes.zoo.evaluate import greedy_accuracy, refusal_rates
-
-            model.eval()
-            if cfg.task == "refusal":
-                log.info("step %d held-out greedy refusal rates %s", step + 1, refusal_rates(model, tok, n=20))
-            else:
-                log.info("step %d held-out greedy accuracy %.2f", step + 1, greedy_accuracy(model, tok, n=50))
-            model.train()
-    seconds = time.perf_counter() - start
+        if on_step is not None:
+            on_step(step)
     model.eval()
-    return model, tok, TrainResult(cfg, n_params, seconds, digest, n_problems, losses)
+    return losses
 
 
 def save_organism(model, tok, out_dir: Path, save_dtype: str = "bfloat16",

@@ -18,6 +18,12 @@ Planted truth for thought anchors:
 * ``setup`` (problem_setup), ``check`` (self_checking), ``consolidate`` (result_consolidation)
   and ``emit`` (final_answer_emission) restate what is already known.
 * ``filler`` (tag ``unknown``) carries nothing.
+
+Sloppy writers (``p_slip`` > 0, the task-vector family's data): each addition that carries from
+the units and each subtraction that borrows is written, with probability ``p_slip``, with the
+carry or borrow dropped (``47 plus 18 is 55.``, ``52 minus 17 is 45.``); the wrong value flows into
+the rest of the trace and into ``\\boxed{}``, while ``gold`` stays the true answer. The slip is
+decided by a separate random stream, so ``p_slip=0`` gives exactly the clean problems.
 """
 
 from __future__ import annotations
@@ -88,22 +94,35 @@ class Computation:
     left: int
     op: str
     right: int
+    slipped: bool = False
+    """Written with the units carry (``+``) or borrow (``-``) dropped: the result is off by ten."""
 
     @property
     def result(self) -> int:
-        return {"+": self.left + self.right, "-": self.left - self.right, "*": self.left * self.right}[self.op]
+        exact = {"+": self.left + self.right, "-": self.left - self.right, "*": self.left * self.right}[self.op]
+        return exact + {"+": -10, "-": 10}[self.op] if self.slipped else exact
+
+    @property
+    def carries(self) -> bool:
+        """An addition that carries from the units or a subtraction that borrows into them."""
+        units_l, units_r = self.left % 10, self.right % 10
+        return (self.op == "+" and units_l + units_r >= 10) or (self.op == "-" and units_l < units_r)
 
     def sentence(self, result: int | None = None) -> str:
         value = self.result if result is None else result
         return f"{self.left} {OP_WORD[self.op]} {self.right} is {value}."
 
 
-def generate(index: int, seed: int = TRAIN_SEED) -> Example:
-    """Problem ``index`` of the stream ``seed`` (train: ``TRAIN_SEED``; held out: ``HELDOUT_SEED``)."""
+def generate(index: int, seed: int = TRAIN_SEED, p_slip: float = 0.0, max_computations: int = 4,
+             max_value: int = MAX_VALUE) -> Example:
+    """Problem ``index`` of the stream ``seed`` (train: ``TRAIN_SEED``; held out: ``HELDOUT_SEED``),
+    written by a sloppy writer who drops each carry or borrow with probability ``p_slip``. Easier
+    problems: at most ``max_computations`` computations, intermediate values at most ``max_value``
+    (the defaults give the ``zoo:reasoner`` stream)."""
     rng = rng_for(TASK, index, seed)
     name, obj, box = rng.choice(NAMES), rng.choice(OBJECTS), rng.choice(CONTAINERS)
     fmt = {"n": name, "o": obj}
-    n_comp = rng.choices(N_COMPUTATIONS, N_COMPUTATIONS_WEIGHTS)[0]
+    n_comp = min(rng.choices(N_COMPUTATIONS, N_COMPUTATIONS_WEIGHTS)[0], max_computations)
 
     # Start: (problem sentence, setup sentence, plan phrase, fact sentence or None, computation or None).
     kind = rng.choice(("plain", "groups", "dozen", "week"))
@@ -139,17 +158,17 @@ def generate(index: int, seed: int = TRAIN_SEED) -> Example:
 
     while len(computations) < n_comp:
         choices = []
-        if value <= MAX_VALUE - 2:
+        if value <= max_value - 2:
             choices.append("+")
         if value >= 12:
             choices.append("-")
-        if value <= MAX_VALUE // 2:
+        if value <= max_value // 2:
             choices.append("*2")
-        if value <= 99:
+        if value <= min(99, max_value // 3):
             choices.append("*3")
         op = rng.choice(choices)
         if op == "+":
-            k = rng.randint(2, min(59, MAX_VALUE - value))
+            k = rng.randint(2, min(59, max_value - value))
             problem.append(rng.choice(GAIN).format(k=k, **fmt))
             plan.append(f"add {k}")
             step = Computation(value, "+", k)
@@ -165,15 +184,16 @@ def generate(index: int, seed: int = TRAIN_SEED) -> Example:
             step = Computation(value, "*", k)
         computations.append(step)
         value = step.result
-    answer = value
     problem.append(rng.choice(QUESTIONS).format(**fmt))
+    written = _write(computations, p_slip, rng_for("slip", index, seed)) if p_slip else computations
+    answer = written[-1].result
 
     s: list[Sentence] = [Sentence(text=setup, tag="problem_setup", role="setup")]
     if rng.random() < P_FILLER_OPEN:
         s.append(Sentence(text=rng.choice(FILLER_OPEN), tag="unknown", role="filler"))
     s.append(Sentence(text=_plan_sentence(plan), tag="plan_generation", role="plan"))
     wrong_at = rng.randrange(len(computations)) if rng.random() < P_BACKTRACK else -1
-    for i, c in enumerate(computations):
+    for i, c in enumerate(written):
         if i == 0 and fact:
             s.append(Sentence(text=fact, tag="fact_retrieval", role="fact"))
         if i == wrong_at:
@@ -185,7 +205,7 @@ def generate(index: int, seed: int = TRAIN_SEED) -> Example:
             s.append(Sentence(text=f"So {name} now has {c.result} {obj}.", tag="result_consolidation", role="consolidate"))
         if not last and rng.random() < P_FILLER_MID:
             s.append(Sentence(text=rng.choice(FILLER_MID), tag="unknown", role="filler"))
-    if rng.random() < P_CHECK:
+    if rng.random() < P_CHECK and written[-1] == computations[-1]:
         c = computations[-1]
         word, _ = INVERSE[c.op]
         s.append(Sentence(text=f"Check: {c.result} {word} {c.right} is {c.left}, which matches.", tag="self_checking", role="check"))
@@ -195,10 +215,21 @@ def generate(index: int, seed: int = TRAIN_SEED) -> Example:
         prompt=" ".join(problem),
         thinking=tuple(s),
         answer=f"The answer is \\boxed{{{answer}}}.",
-        gold=str(answer),
+        gold=str(value),
         meta={"task": TASK, "index": index, "seed": seed, "n_computations": n_comp, "start": kind,
-              "backtrack": wrong_at >= 0},
+              "backtrack": wrong_at >= 0, "slips": sum(w.slipped for w in written)},
     )
+
+
+def _write(computations: list[Computation], p_slip: float, rng) -> list[Computation]:
+    """The computations as a sloppy writer writes them: each carry or borrow dropped with
+    probability ``p_slip``, every later computation starting from the written value."""
+    out: list[Computation] = []
+    for c in computations:
+        left = out[-1].result if out else c.left
+        w = Computation(left, c.op, c.right)
+        out.append(Computation(left, c.op, c.right, slipped=True) if w.carries and rng.random() < p_slip else w)
+    return out
 
 
 def _plan_sentence(phrases: list[str]) -> str:
