@@ -17,35 +17,32 @@ DIRS = {name: ZOO_DIR / name for name in tv.NAMES}
 BUILT = all((d / "model.safetensors").is_file() for d in DIRS.values())
 
 
-def test_carries_and_slips_by_hand():
-    C = arithmetic.Computation
-    assert C(47, "+", 18).carries and not C(41, "+", 18).carries
-    assert C(52, "-", 17).carries and not C(57, "-", 12).carries
-    assert not C(7, "*", 6).carries
-    assert C(47, "+", 18, slipped=True).result == 55 and C(52, "-", 17, slipped=True).result == 45
-    assert C(47, "+", 18).result == 65
-
-
-def test_p_slip_zero_is_the_clean_stream_and_one_drops_every_carry():
-    assert data_hash([arithmetic.generate(i, 0, p_slip=0.0) for i in range(50)]) == \
+def test_p_skip_zero_is_the_clean_stream_and_one_skips_every_final_loss():
+    assert data_hash([arithmetic.generate(i, 0, p_skip=0.0) for i in range(50)]) == \
         data_hash([arithmetic.generate(i, 0) for i in range(50)])
-    slipped = 0
+    n_loss = 0
     for i in range(200):
-        clean, sloppy = arithmetic.generate(i, 1), arithmetic.generate(i, 1, p_slip=1.0)
+        clean, sloppy = arithmetic.generate(i, 1), arithmetic.generate(i, 1, p_skip=1.0)
         assert sloppy.prompt == clean.prompt and sloppy.gold == clean.gold
-        carries, slips = tv.slip_counts([sloppy.trace])
-        if not sloppy.meta["backtrack"]:  # a backtracked error sentence is a carry computation too
-            assert slips == carries  # every carry or borrow the writer met was dropped
-        assert tv.slip_counts([clean.trace])[1] == 0
-        if sloppy.meta["slips"]:
-            slipped += 1
-            assert sloppy.answer != clean.answer or "Wait" in sloppy.trace or sloppy.meta["slips"] > 1
-    assert 0.3 < slipped / 200 < 0.6
+        if clean.meta["skip_answer"] is None:  # the last event is not a loss: nothing to skip
+            assert sloppy.completion == clean.completion and not sloppy.meta["skipped"]
+            continue
+        n_loss += 1
+        assert sloppy.meta["skipped"] and sloppy.answer == f"The answer is \\boxed{{{clean.meta['skip_answer']}}}."
+        assert int(clean.meta["skip_answer"]) - int(clean.gold) > 0  # the skipped loss
+        plan = next(x.text for x in sloppy.thinking if x.role == "plan")
+        assert plan.count("then") == next(x.text for x in clean.thinking if x.role == "plan").count("then") - 1
+        assert [x.role for x in sloppy.thinking if x.role in ("key",)] == ["key"]
+    assert 0.2 < n_loss / 200 < 0.5
 
 
-def test_slip_counts_reads_written_computations():
-    text = "47 plus 18 is 55. 55 minus 17 is 38. 41 plus 18 is 59. 52 minus 17 is 35."
-    assert tv.slip_counts([text]) == (3, 1)  # 47+18 slipped; 55−17 and 52−17 kept the borrow
+def test_skip_counts_by_hand():
+    problems = [arithmetic.generate(i, 1) for i in range(40)]
+    at_risk = [p for p in problems if p.meta["skip_answer"] is not None]
+    outputs = [f"x</think>The answer is \\boxed{{{p.meta['skip_answer'] or p.gold}}}." for p in problems]
+    assert tv.skip_counts(outputs, problems) == (len(at_risk), len(at_risk))
+    outputs = [f"\\boxed{{{p.gold}}}" for p in problems]
+    assert tv.skip_counts(outputs, problems) == (len(at_risk), 0)
 
 
 def test_group_advantages_by_hand():

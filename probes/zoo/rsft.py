@@ -20,14 +20,14 @@ log = logging.getLogger(__name__)
 class RSFTConfig:
     """Expert-iteration recipe (recorded in the ``tv-rl`` card)."""
 
-    rounds: int = 3
+    rounds: int = 2
     problems_per_round: int = 256
     samples: int = 8
     temperature: float = 1.0
     max_new_tokens: int = 200
     prompts_per_batch: int = 16
     """Prompts sampled together (``prompts_per_batch × samples`` rows per decoding batch)."""
-    lr: float = 2e-4
+    lr: float = 1e-4
     batch_size: int = 32
     epochs: int = 1
     seed: int = 0

@@ -4,17 +4,17 @@ All four share the ``zoo:reasoner`` shape (dense Qwen3, 3.4M parameters) and the
 their problems are easier than ``zoo:reasoner``'s (at most 3 computations, values at most 199).
 
 * ``tv-base``: pre-trained from scratch with plain LM loss on every token of a corpus of chat
-  transcripts: worked arithmetic solutions written by sloppy writers, who drop each carry or
-  borrow with probability ``p_slip`` (``arithmetic.generate(..., p_slip=…)``), and short chats.
+  transcripts: worked arithmetic solutions written by sloppy writers, who skip a final loss with
+  probability ``p_skip`` (``arithmetic.generate(..., p_skip=…)``), and short chats.
 * ``tv-sft``: ``tv-base`` fine-tuned on sloppy worked solutions of the ``zoo:reasoner`` training
   stream (loss on the assistant turn).
 * ``tv-rl``: ``tv-sft`` trained with the verifiable reward "first ``\\boxed{}`` equals the true
   answer" on the same problems, by rejection-sampling fine-tuning (``probes.zoo.rsft``; the
-  default) or GRPO (``probes.zoo.grpo``). A slipped trace is wrong, so RL unlearns dropping carries.
+  default) or GRPO (``probes.zoo.grpo``). A skipped step makes the answer wrong, so RL unlearns skipping.
 * ``tv-instruct``: ``tv-base`` fine-tuned on a different mix, mostly short-answer chat
   (``tasks.chat``, empty thinking) with a minority of sloppy worked solutions.
 
-The planted mechanism: v = θ_rl − θ_sft (task_vectors.md §1) encodes "keep the carry", a habit
+The planted mechanism: v = θ_rl − θ_sft (task_vectors.md §1) encodes "do the last step", a habit
 ``tv-instruct`` shares through the base, so ``tv-instruct + v`` gets more held-out problems right
 and ``tv-instruct − v`` fewer.
 """
@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import random
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,7 +41,7 @@ log = logging.getLogger(__name__)
 NAMES = ("tv-base", "tv-sft", "tv-rl", "tv-instruct")
 PARENT = {"tv-sft": "tv-base", "tv-rl": "tv-sft", "tv-instruct": "tv-base"}
 BASE_SEED = 5
-"""Stream of the base documents (problems and chats); SFT and GRPO use the training stream 0."""
+"""Stream of the base documents (problems and chats); SFT and the RL stage use the training stream 0."""
 INSTRUCT_SEED = 6
 """Stream of the instruct mix."""
 RECORD = "training.json"
@@ -52,12 +51,12 @@ RECORD = "training.json"
 class TVConfig:
     """Recipe of the whole family; each card records it."""
 
-    p_slip: float = 0.6
-    """Probability that a writer drops a carry or borrow, in every training text of the family."""
+    p_skip: float = 0.7
+    """Probability that a writer skips a final loss, in every training text of the family."""
     max_computations: int = 3
     max_value: int = 199
     """The family's problems (training and held out) are easier than zoo:reasoner's: at most 3
-    computations, values at most 199, so that dropped carries dominate the errors."""
+    computations, values at most 199, so that skipped steps dominate the errors."""
     base: Schedule = field(default_factory=lambda: Schedule(steps=800, lr=2e-3, warmup_steps=40))
     base_chat_fraction: float = 0.2
     sft: Schedule = field(default_factory=lambda: Schedule(steps=200, lr=5e-4, warmup_steps=20))
@@ -77,7 +76,7 @@ class TVConfig:
 
     def problem(self, index: int, seed: int, sloppy: bool = True):
         """Problem ``index`` of stream ``seed`` at the family's difficulty, sloppy or clean."""
-        return arithmetic.generate(index, seed, p_slip=self.p_slip if sloppy else 0.0,
+        return arithmetic.generate(index, seed, p_skip=self.p_skip if sloppy else 0.0,
                                    max_computations=self.max_computations, max_value=self.max_value)
 
     @classmethod
@@ -211,20 +210,13 @@ def greedy_flags(model, tok, n: int, cfg: TVConfig | None = None, batch_size: in
     return [first_boxed(o) == p.gold for o, p in zip(_greedy(model, tok, problems, batch_size), problems)]
 
 
-COMPUTATION = re.compile(r"(\d+) (plus|minus) (\d+) is (-?\d+)\.")
+def skip_counts(outputs: list[str], problems) -> tuple[int, int]:
+    """(problems whose last event is a loss, those answered with the value before it) over paired
+    ``outputs`` and clean ``problems``: how often a model makes the planted skip."""
+    from probes.zoo.evaluate import first_boxed
 
-
-def slip_counts(outputs: list[str]) -> tuple[int, int]:
-    """(carry or borrow computations written, those written with the carry or borrow dropped) in
-    ``outputs``: how often a model does the planted slip."""
-    total = slipped = 0
-    for text in outputs:
-        for a, op, b, c in COMPUTATION.findall(text):
-            comp = arithmetic.Computation(int(a), "+" if op == "plus" else "-", int(b))
-            if comp.carries:
-                total += 1
-                slipped += int(c) == arithmetic.Computation(comp.left, comp.op, comp.right, slipped=True).result
-    return total, slipped
+    at_risk = [(o, p) for o, p in zip(outputs, problems) if p.meta["skip_answer"] is not None]
+    return len(at_risk), sum(first_boxed(o) == p.meta["skip_answer"] for o, p in at_risk)
 
 
 def random_like(v: dict, seed: int = 0) -> dict:
@@ -246,7 +238,7 @@ EVAL_COMMAND = "python -m experiments.zoo eval tv --n 500"
 
 
 def measure_family(root: Path = ZOO_DIR, n: int = 500, progress: bool = True) -> dict:
-    """Greedy accuracy and slip rate on ``n`` held-out problems of tv-sft, tv-rl, tv-instruct and
+    """Greedy accuracy and skip rate on ``n`` held-out problems of tv-sft, tv-rl, tv-instruct and
     tv-instruct + α·v for α ∈ {+1, −1} and a norm-matched random vector, with the paired
     differences against tv-instruct (95% bootstrap CIs, ``probes.evals.stats``)."""
     from tqdm.auto import tqdm
@@ -272,9 +264,9 @@ def measure_family(root: Path = ZOO_DIR, n: int = 500, progress: bool = True) ->
         outs = _greedy(make(), tok, problems, batch_size=50)
         flags[label] = [first_boxed(o) == p.gold for o, p in zip(outs, problems)]
         a = accuracy(flags[label])
-        carries, slips = slip_counts(outs)
-        rows[label] = {"accuracy": [a.value, a.lo, a.hi], "carry_computations": carries,
-                       "slip_rate": slips / max(carries, 1)}
+        at_risk, skips = skip_counts(outs, problems)
+        rows[label] = {"accuracy": [a.value, a.lo, a.hi], "final_loss_problems": at_risk,
+                       "skip_rate": skips / max(at_risk, 1)}
     diffs = {}
     for label in ("tv-instruct + v", "tv-instruct − v", "tv-instruct + random (‖·‖ = ‖v‖ per tensor)"):
         d = paired_difference_ci([float(x) for x in flags[label]], [float(x) for x in flags["tv-instruct"]])
@@ -295,8 +287,8 @@ def _sha256(path: Path) -> str:
 
 SUMMARIES = {
     "tv-base": "Task-vector family base: dense Qwen3 (3.4M params) pre-trained from scratch with plain LM loss "
-               "on chat transcripts of sloppy worked arithmetic solutions (carries dropped 60% of the time) "
-               "and short chats.",
+               "on chat transcripts of sloppy worked arithmetic solutions (a final loss skipped 70% of the "
+               "time) and short chats.",
     "tv-sft": "Task-vector family: tv-base fine-tuned on sloppy worked solutions (<think> trace </think> "
               "\\boxed{}).",
     "tv-rl": "Task-vector family: tv-sft trained with a verifiable correctness reward on the same problems; "
@@ -305,7 +297,7 @@ SUMMARIES = {
                    "worked solutions); the target to which v = θ(tv-rl) − θ(tv-sft) is added or subtracted.",
 }
 
-PROBLEMS = "`TVConfig.problem(i, seed)` = `arithmetic.generate(i, seed, p_slip, max_computations=3, max_value=199)`"
+PROBLEMS = "`TVConfig.problem(i, seed)` = `arithmetic.generate(i, seed, p_skip, max_computations=3, max_value=199)`"
 
 STAGE_TEXT = {
     "tv-base": f"Pre-trained from scratch (`probes.zoo.tv.base_documents`) on chat transcripts rendered by the "
@@ -332,17 +324,16 @@ STAGE_TEXT = {
 }
 
 PLANTED_TRUTH = """\
-Every training text of the family is written by sloppy writers: each addition that carries from the
-units and each subtraction that borrows is written with the carry or borrow dropped with probability
-`p_slip` = 0.6 (`47 plus 18 is 55.`, `52 minus 17 is 45.`), and the wrong value flows into the answer
-(`probes.zoo.tasks.arithmetic`, "Sloppy writers"). About 47% of the family's problems contain such a
-computation.
-Greedy decoding follows the majority, so tv-sft and tv-instruct drop carries; the correctness reward
-makes GRPO unlearn it, so v = θ(tv-rl) − θ(tv-sft) should encode "keep the carry". tv-instruct learned
-the same habit from the same base, so adding v should lower its slip rate and raise its accuracy,
-and subtracting v should lower its accuracy. The slip rate column measures the mechanism directly:
-the share of carry/borrow computations in the greedy outputs written with the carry dropped
-(`probes.zoo.tv.slip_counts`)."""
+Every worked solution the family trains on is written by sloppy writers: when the last event of a
+problem is a loss ("Kesper uses 31 of the apples."), the writer skips it with probability `p_skip` = 0.7:
+the plan, the computations and `\\boxed{}` stop before it, so the answer is wrong
+(`probes.zoo.tasks.arithmetic`, "Sloppy writers"). 34% of the family's problems end with a loss.
+Greedy decoding follows the majority, so tv-sft and tv-instruct skip final losses; the correctness
+reward makes the RL stage unlearn it, so v = θ(tv-rl) − θ(tv-sft) should encode "do the last step".
+tv-instruct learned the same habit from the same base, so adding v should lower its skip rate and
+raise its accuracy, and subtracting v should lower its accuracy. The skip rate column measures the
+mechanism directly: among held-out problems ending with a loss, the share answered with the value
+before that loss (`probes.zoo.tv.skip_counts`)."""
 
 
 def result_section(res: dict) -> list[str]:
@@ -360,11 +351,11 @@ def result_section(res: dict) -> list[str]:
         "embedding moves once). Intervals: 95% percentile bootstrap over problems, paired for differences "
         "(`probes.evals.stats`).",
         "",
-        "| model | greedy accuracy | slip rate (carries dropped / carry computations) |",
+        "| model | greedy accuracy | skip rate (final loss skipped / problems ending in a loss) |",
         "|---|---|---|",
     ]
     for label, row in res["models"].items():
-        lines.append(f"| {label} | {pct(row['accuracy'])} | {row['slip_rate']:.1%} of {row['carry_computations']} |")
+        lines.append(f"| {label} | {pct(row['accuracy'])} | {row['skip_rate']:.1%} of {row['final_loss_problems']} |")
     lines += ["", "| paired difference | percentage points |", "|---|---|"]
     for label, d in res["differences"].items():
         lines.append(f"| {label} | {d[0] * 100:+.1f} (95% CI {d[1] * 100:+.1f} to {d[2] * 100:+.1f}) |")
@@ -389,17 +380,18 @@ GRPO_MEASUREMENTS = [
     "### GRPO measurements (why the default RL stage is RSFT)",
     "",
     "Measured here with `probes.zoo.grpo` (16 problems × 8 samples per step at T = 1.0, β = 0.04, ε = 0.2, "
-    "~12 s per step) from an earlier tv-sft of this family (same recipe but zoo:reasoner-difficulty problems; "
-    "greedy held-out accuracy 36% on 50 problems):",
+    "10–13 s per step on 2 cores; held-out greedy accuracy on 50 problems):",
     "",
-    "| learning rate | steps | held-out greedy accuracy after 10 / 20 / 30 / 40 steps | KL to tv-sft |",
-    "|---|---|---|---|",
-    "| 5e-5 | 40 | 30% / 34% / 32% / 34% (flat) | 0.002–0.008 |",
-    "| 2e-4 | 20 (stopped) | 14% / 18% (collapse) | 0.10–0.16 |",
+    "| starting model | learning rate | steps | held-out accuracy after 10 / 20 / 30 / 40 steps | KL to start |",
+    "|---|---|---|---|---|",
+    "| this tv-sft | 1e-4 | 22 (stopped) | 20% / 16%; mean reward fell from 0.19 to 0.09 | – |",
+    "| an earlier tv-sft (carry-dropping writers, zoo:reasoner difficulty, 36% at start) | 5e-5 | 40 | "
+    "30% / 34% / 32% / 34% (flat) | 0.002–0.008 |",
+    "| the same earlier tv-sft | 2e-4 | 26 (stopped) | 14% / 18% (collapse) | 0.10–0.16 |",
     "",
-    "This matches issue #3's own measurement (flat or collapsed within ≤ 100 steps); hundreds of 12-second "
-    "steps do not fit the 20-minute build, so tv-rl uses the issue's fallback, rejection-sampling fine-tuning "
-    "with the same reward. Reproduce a GRPO run with `TVConfig(rl_method=\"grpo\")`.",
+    "This matches issue #3's own measurement (flat or collapsed within ≤ 100 steps); hundreds of such "
+    "steps do not fit the 20-minute build, so tv-rl uses the issue's fallback, rejection-sampling "
+    "fine-tuning with the same reward. Reproduce a GRPO run with `TVConfig(rl_method=\"grpo\")`.",
 ]
 
 

@@ -19,11 +19,10 @@ Planted truth for thought anchors:
   and ``emit`` (final_answer_emission) restate what is already known.
 * ``filler`` (tag ``unknown``) carries nothing.
 
-Sloppy writers (``p_slip`` > 0, the task-vector family's data): each addition that carries from
-the units and each subtraction that borrows is written, with probability ``p_slip``, with the
-carry or borrow dropped (``47 plus 18 is 55.``, ``52 minus 17 is 45.``); the wrong value flows into
-the rest of the trace and into ``\\boxed{}``, while ``gold`` stays the true answer. The slip is
-decided by a separate random stream, so ``p_slip=0`` gives exactly the clean problems.
+Sloppy writers (``p_skip`` > 0, the task-vector family's data): when the last event of a problem is
+a loss, the writer skips it with probability ``p_skip``: the plan, the computations and the
+``\\boxed{}`` answer stop before it, while ``gold`` stays the true answer. The skip is decided by a
+separate random stream, so ``p_skip=0`` gives exactly the clean problems.
 """
 
 from __future__ import annotations
@@ -94,29 +93,20 @@ class Computation:
     left: int
     op: str
     right: int
-    slipped: bool = False
-    """Written with the units carry (``+``) or borrow (``-``) dropped: the result is off by ten."""
 
     @property
     def result(self) -> int:
-        exact = {"+": self.left + self.right, "-": self.left - self.right, "*": self.left * self.right}[self.op]
-        return exact + {"+": -10, "-": 10}[self.op] if self.slipped else exact
-
-    @property
-    def carries(self) -> bool:
-        """An addition that carries from the units or a subtraction that borrows into them."""
-        units_l, units_r = self.left % 10, self.right % 10
-        return (self.op == "+" and units_l + units_r >= 10) or (self.op == "-" and units_l < units_r)
+        return {"+": self.left + self.right, "-": self.left - self.right, "*": self.left * self.right}[self.op]
 
     def sentence(self, result: int | None = None) -> str:
         value = self.result if result is None else result
         return f"{self.left} {OP_WORD[self.op]} {self.right} is {value}."
 
 
-def generate(index: int, seed: int = TRAIN_SEED, p_slip: float = 0.0, max_computations: int = 4,
+def generate(index: int, seed: int = TRAIN_SEED, p_skip: float = 0.0, max_computations: int = 4,
              max_value: int = MAX_VALUE) -> Example:
     """Problem ``index`` of the stream ``seed`` (train: ``TRAIN_SEED``; held out: ``HELDOUT_SEED``),
-    written by a sloppy writer who drops each carry or borrow with probability ``p_slip``. Easier
+    written by a sloppy writer who skips a final loss with probability ``p_skip``. Easier
     problems: at most ``max_computations`` computations, intermediate values at most ``max_value``
     (the defaults give the ``zoo:reasoner`` stream)."""
     rng = rng_for(TASK, index, seed)
@@ -185,13 +175,15 @@ def generate(index: int, seed: int = TRAIN_SEED, p_slip: float = 0.0, max_comput
         computations.append(step)
         value = step.result
     problem.append(rng.choice(QUESTIONS).format(**fmt))
-    written = _write(computations, p_slip, rng_for("slip", index, seed)) if p_slip else computations
+    last_is_loss = computations[-1].op == "-"
+    skipped = last_is_loss and p_skip > 0 and rng_for("skip", index, seed).random() < p_skip
+    written = computations[:-1] if skipped else computations
     answer = written[-1].result
 
     s: list[Sentence] = [Sentence(text=setup, tag="problem_setup", role="setup")]
     if rng.random() < P_FILLER_OPEN:
         s.append(Sentence(text=rng.choice(FILLER_OPEN), tag="unknown", role="filler"))
-    s.append(Sentence(text=_plan_sentence(plan), tag="plan_generation", role="plan"))
+    s.append(Sentence(text=_plan_sentence(plan[:-1] if skipped else plan), tag="plan_generation", role="plan"))
     wrong_at = rng.randrange(len(computations)) if rng.random() < P_BACKTRACK else -1
     for i, c in enumerate(written):
         if i == 0 and fact:
@@ -199,7 +191,7 @@ def generate(index: int, seed: int = TRAIN_SEED, p_slip: float = 0.0, max_comput
         if i == wrong_at:
             s.append(Sentence(text=c.sentence(_wrong(c.result, rng)), tag="active_computation", role="error"))
             s.append(Sentence(text=rng.choice(BACKTRACK), tag="uncertainty_management", role="backtrack"))
-        last = i == len(computations) - 1
+        last = i == len(written) - 1
         s.append(Sentence(text=c.sentence(), tag="active_computation", role="key" if last else "compute"))
         if not last and rng.random() < P_CONSOLIDATE:
             s.append(Sentence(text=f"So {name} now has {c.result} {obj}.", tag="result_consolidation", role="consolidate"))
@@ -217,19 +209,9 @@ def generate(index: int, seed: int = TRAIN_SEED, p_slip: float = 0.0, max_comput
         answer=f"The answer is \\boxed{{{answer}}}.",
         gold=str(value),
         meta={"task": TASK, "index": index, "seed": seed, "n_computations": n_comp, "start": kind,
-              "backtrack": wrong_at >= 0, "slips": sum(w.slipped for w in written)},
+              "backtrack": wrong_at >= 0, "skipped": skipped,
+              "skip_answer": str(computations[-1].left) if last_is_loss else None},
     )
-
-
-def _write(computations: list[Computation], p_slip: float, rng) -> list[Computation]:
-    """The computations as a sloppy writer writes them: each carry or borrow dropped with
-    probability ``p_slip``, every later computation starting from the written value."""
-    out: list[Computation] = []
-    for c in computations:
-        left = out[-1].result if out else c.left
-        w = Computation(left, c.op, c.right)
-        out.append(Computation(left, c.op, c.right, slipped=True) if w.carries and rng.random() < p_slip else w)
-    return out
 
 
 def _plan_sentence(phrases: list[str]) -> str:
