@@ -33,13 +33,13 @@ SMOKE = dict(steps=3, batch_size=4)
 
 def tv_smoke_config():
     """A tiny recipe for the task-vector family (CI smoke runs)."""
-    from probes.zoo.rsft import RSFTConfig
+    from probes.zoo.grpo import GRPOConfig
     from probes.zoo.train import Schedule
     from probes.zoo.tv import TVConfig
 
     tiny = dict(steps=3, batch_size=4, warmup_steps=1)
     return TVConfig(base=Schedule(**tiny), sft=Schedule(**tiny), instruct=Schedule(**tiny), rl_eval_n=0,
-                    rsft=RSFTConfig(rounds=1, problems_per_round=2, samples=2, max_new_tokens=16))
+                    grpo=GRPOConfig(steps=2, problems_per_step=2, group_size=2, max_new_tokens=16, eval_every=0))
 
 
 def main(argv: list[str] | None = None) -> int:

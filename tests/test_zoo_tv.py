@@ -14,35 +14,45 @@ from probes.zoo.tasks import arithmetic
 from probes.zoo.train import data_hash
 
 DIRS = {name: ZOO_DIR / name for name in tv.NAMES}
-BUILT = all((d / "model.safetensors").is_file() for d in DIRS.values())
 
 
-def test_p_skip_zero_is_the_clean_stream_and_one_skips_every_final_loss():
+def test_p_skip_zero_is_the_clean_stream_and_one_stops_every_writer_a_step_early():
     assert data_hash([arithmetic.generate(i, 0, p_skip=0.0) for i in range(50)]) == \
         data_hash([arithmetic.generate(i, 0) for i in range(50)])
-    n_loss = 0
     for i in range(200):
         clean, sloppy = arithmetic.generate(i, 1), arithmetic.generate(i, 1, p_skip=1.0)
-        assert sloppy.prompt == clean.prompt and sloppy.gold == clean.gold
-        if clean.meta["skip_answer"] is None:  # the last event is not a loss: nothing to skip
-            assert sloppy.completion == clean.completion and not sloppy.meta["skipped"]
-            continue
-        n_loss += 1
-        assert sloppy.meta["skipped"] and sloppy.answer == f"The answer is \\boxed{{{clean.meta['skip_answer']}}}."
-        assert int(clean.meta["skip_answer"]) - int(clean.gold) > 0  # the skipped loss
+        assert sloppy.prompt == clean.prompt and sloppy.gold == clean.gold and sloppy.meta["skipped"]
+        assert sloppy.answer == f"The answer is \\boxed{{{clean.meta['skip_answer']}}}." != clean.answer
         plan = next(x.text for x in sloppy.thinking if x.role == "plan")
         assert plan.count("then") == next(x.text for x in clean.thinking if x.role == "plan").count("then") - 1
-        assert [x.role for x in sloppy.thinking if x.role in ("key",)] == ["key"]
-    assert 0.2 < n_loss / 200 < 0.5
+        assert [x.role for x in sloppy.thinking if x.role == "key"] == ["key"]
+        written = [x.text for x in sloppy.thinking if x.role in ("compute", "key")]
+        assert len(written) == len([x for x in clean.thinking if x.role in ("compute", "key")]) - 1
 
 
-def test_skip_counts_by_hand():
+def test_writers_skip_by_kind_of_last_event_and_p_backtrack_zero_removes_the_slips():
+    p_skip = {"gain": 0.1, "double": 0.4, "triple": 0.6, "loss": 0.9}
+    problems = [arithmetic.generate(i, 0, p_skip=p_skip, p_backtrack=0.0) for i in range(2000)]
+    phrase = {"gain": "add", "loss": "subtract", "double": "multiply by 2", "triple": "multiply by 3"}
+    for kind, p in p_skip.items():
+        mine = [x for x in problems if x.meta["last_event"] == kind]
+        assert len(mine) > 100 and abs(sum(x.meta["skipped"] for x in mine) / len(mine) - p) < 0.1, kind
+        clean = arithmetic.generate(mine[0].meta["index"], 0)
+        plan = next(x.text for x in clean.thinking if x.role == "plan")
+        assert plan.rsplit(", then ", 1)[1].startswith(phrase[kind])
+    assert not any(p.meta["backtrack"] for p in problems)
+    assert any(arithmetic.generate(i, 0).meta["backtrack"] for i in range(50))  # zoo:reasoner keeps its slips
+    loss = next(x.meta["index"] for x in problems if x.meta["last_event"] == "loss")
+    with pytest.raises(KeyError):  # a kind without a probability
+        arithmetic.generate(loss, 0, p_skip={"gain": 0.5})
+
+
+def test_skip_rate_by_hand():
     problems = [arithmetic.generate(i, 1) for i in range(40)]
-    at_risk = [p for p in problems if p.meta["skip_answer"] is not None]
-    outputs = [f"x</think>The answer is \\boxed{{{p.meta['skip_answer'] or p.gold}}}." for p in problems]
-    assert tv.skip_counts(outputs, problems) == (len(at_risk), len(at_risk))
-    outputs = [f"\\boxed{{{p.gold}}}" for p in problems]
-    assert tv.skip_counts(outputs, problems) == (len(at_risk), 0)
+    outputs = [f"x</think>The answer is \\boxed{{{p.meta['skip_answer'] if i % 4 == 0 else p.gold}}}."
+               for i, p in enumerate(problems)]
+    assert tv.skip_rate(outputs, problems) == 10 / 40
+    assert tv.skip_rate([f"\\boxed{{{p.gold}}}" for p in problems], problems) == 0.0
 
 
 def test_group_advantages_by_hand():
@@ -124,8 +134,25 @@ def test_smoke_build_of_the_family(tmp_path):
         assert record["stage"]["name"] == name and (tmp_path / name / "MODEL.md").is_file()
         AutoModelForCausalLM.from_pretrained(tmp_path / name)
     history = json.loads((tmp_path / "tv-rl" / tv.RECORD).read_text())["stage"]["history"]
-    assert len(history) == 1 and 0.0 <= history[0]["sample_accuracy"] <= 1.0
-    assert "Not measured" in (tmp_path / "tv-rl" / "MODEL.md").read_text()
+    assert [h["step"] for h in history] == [1, 2] and all(0.0 <= h["reward"] <= 1.0 for h in history)
+    card = (tmp_path / "tv-rl" / "MODEL.md").read_text()
+    assert "Not measured" in card and "RL stages measured here" in card and "| GRPO step |" in card
+
+
+def test_rsft_stage_runs_from_a_saved_tv_sft(tmp_path):
+    from dataclasses import replace
+
+    from experiments.zoo import main, tv_smoke_config
+    from probes.zoo.rsft import RSFTConfig
+
+    for name in ("tv-base", "tv-sft"):
+        assert main([name, "--smoke", "--out", str(tmp_path)]) == 0
+    cfg = replace(tv_smoke_config(), rl_method="rsft",
+                  rsft=RSFTConfig(rounds=1, problems_per_round=4, samples=2, max_new_tokens=160))
+    record = json.loads((tv.build_stage("tv-rl", cfg, tmp_path, progress=False) / tv.RECORD).read_text())
+    (h,) = record["stage"]["history"]
+    assert h["round"] == 1 and h["problems"] == 4 and 0.0 <= h["sample_accuracy"] <= 1.0
+    assert (h["finetune_steps"] > 0) == (h["kept"] > 0) and h["kept"] <= round(h["sample_accuracy"] * 8)
 
 
 def test_a_stage_without_its_parent_says_how_to_build_it(tmp_path):
@@ -135,26 +162,48 @@ def test_a_stage_without_its_parent_says_how_to_build_it(tmp_path):
         main(["tv-sft", "--smoke", "--out", str(tmp_path)])
 
 
-@pytest.mark.skipif(not BUILT, reason="task-vector family not built")
-def test_family_cards_state_the_vector_effect():
-    res = json.loads((DIRS["tv-instruct"] / tv.EVAL_FILE).read_text())
+@pytest.fixture(scope="module")
+def family():
+    missing = [name for name, d in DIRS.items() if not (d / "model.safetensors").is_file()]
+    if missing:
+        pytest.fail(f"zoo:{missing[0]} is missing: build the family with `python -m experiments.zoo tv-base` "
+                    "(then tv-sft, tv-instruct, tv-rl)")
+    return DIRS
+
+
+def test_each_stage_loads_through_both_paths_and_renders_thinking(family):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from probes import load_model
+
+    for name, d in family.items():
+        assert (d / "model.safetensors").stat().st_size <= 10_000_000
+        model = load_model(f"zoo:{name}", device="cpu", dtype="float32")
+        assert model.config.architectures == ["Qwen3ForCausalLM"] and model.ctx.think_open_id is not None
+        assert model.render_chat("Mirel has 12 pens.").endswith("<|assistant|><think>")
+        hf = AutoModelForCausalLM.from_pretrained(d)
+        assert hf.config.tie_word_embeddings and AutoTokenizer.from_pretrained(d).convert_tokens_to_ids("</think>")
+
+
+def test_family_cards_state_the_vector_effect(family):
+    res = json.loads((family["tv-instruct"] / tv.EVAL_FILE).read_text())
     up = res["differences"]["(tv-instruct + v) − tv-instruct"]
     down = res["differences"]["(tv-instruct − v) − tv-instruct"]
     assert res["n"] >= 500 and up[1] > 0 and down[2] < 0
-    for d in DIRS.values():
-        assert (d / "model.safetensors").stat().st_size <= 10_000_000
-        assert "Not measured" not in (d / "MODEL.md").read_text()
+    for d in family.values():
+        card = (d / "MODEL.md").read_text()
+        assert "Not measured" not in card and f"{up[0] * 100:+.1f}" in card
 
 
-@pytest.mark.skipif(not BUILT, reason="task-vector family not built")
-def test_quick_vector_direction_on_held_out_problems():
-    """+v raises and −v lowers tv-instruct's greedy accuracy on a small held-out sample."""
+def test_quick_vector_direction_on_held_out_problems(family):
+    """+v raises and −v lowers tv-instruct's greedy accuracy and move its skip rate the other way,
+    on a small held-out sample."""
     from probes.zoo.organisms import load_organism_dir
 
     torch.set_num_threads(2)
-    sft, tok = load_organism_dir(DIRS["tv-sft"])
-    rl, _ = load_organism_dir(DIRS["tv-rl"])
-    inst, _ = load_organism_dir(DIRS["tv-instruct"])
+    sft, tok = load_organism_dir(family["tv-sft"])
+    rl, _ = load_organism_dir(family["tv-rl"])
+    inst, _ = load_organism_dir(family["tv-instruct"])
     v = tv.task_vector(rl, sft)
     acc = {a: sum(tv.greedy_flags(tv.apply_vector(inst, v, a) if a else inst, tok, 100)) for a in (-1.0, 0.0, 1.0)}
     assert acc[1.0] > acc[0.0] > acc[-1.0], acc

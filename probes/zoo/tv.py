@@ -1,20 +1,22 @@
 """The task-vector family (issue #3, item 4): ``zoo:tv-base``, ``zoo:tv-sft``, ``zoo:tv-rl``, ``zoo:tv-instruct``.
 
-All four share the ``zoo:reasoner`` shape (dense Qwen3, 3.4M parameters) and the zoo tokenizer;
+All four descend from ``zoo:reasoner`` (dense Qwen3, 3.4M parameters) and share the zoo tokenizer;
 their problems are easier than ``zoo:reasoner``'s (at most 3 computations, values at most 199).
 
-* ``tv-base``: pre-trained from scratch with plain LM loss on every token of a corpus of chat
-  transcripts: worked arithmetic solutions written by sloppy writers, who skip a final loss with
-  probability ``p_skip`` (``arithmetic.generate(..., p_skip=…)``), and short chats.
+* ``tv-base``: ``zoo:reasoner`` further pre-trained on chat transcripts: worked arithmetic
+  solutions written by sloppy writers, who stop one step early with probability ``p_skip``
+  (``arithmetic.generate(..., p_skip=…)``), and short chats; loss on the assistant turns. Bases
+  trained from scratch here (800–1200 steps) never learned addition and subtraction (3–18% of
+  their sums right, against 61–72% for zoo:reasoner), so the family starts from the shipped reasoner.
 * ``tv-sft``: ``tv-base`` fine-tuned on sloppy worked solutions of the ``zoo:reasoner`` training
   stream (loss on the assistant turn).
 * ``tv-rl``: ``tv-sft`` trained with the verifiable reward "first ``\\boxed{}`` equals the true
-  answer" on the same problems, by rejection-sampling fine-tuning (``probes.zoo.rsft``; the
-  default) or GRPO (``probes.zoo.grpo``). A skipped step makes the answer wrong, so RL unlearns skipping.
+  answer" on the same problems, by GRPO (``probes.zoo.grpo``; the default) or rejection-sampling
+  fine-tuning (``probes.zoo.rsft``). A skipped step makes the answer wrong, so RL unlearns skipping.
 * ``tv-instruct``: ``tv-base`` fine-tuned on a different mix, mostly short-answer chat
   (``tasks.chat``, empty thinking) with a minority of sloppy worked solutions.
 
-The planted mechanism: v = θ_rl − θ_sft (task_vectors.md §1) encodes "do the last step", a habit
+The planted mechanism: v = θ_rl − θ_sft (task_vectors.md §1) encodes "do the last step", a choice
 ``tv-instruct`` shares through the base, so ``tv-instruct + v`` gets more held-out problems right
 and ``tv-instruct − v`` fewer.
 """
@@ -34,12 +36,13 @@ from probes.zoo.grpo import GRPOConfig, train_grpo
 from probes.zoo.rsft import RSFTConfig, train_rsft
 from probes.zoo.registry import ZOO_DIR
 from probes.zoo.tasks import arithmetic, chat
-from probes.zoo.train import Schedule, TrainConfig, data_hash, encode_examples, fit, model_config
+from probes.zoo.train import Schedule, data_hash, encode_examples, fit
 
 log = logging.getLogger(__name__)
 
 NAMES = ("tv-base", "tv-sft", "tv-rl", "tv-instruct")
-PARENT = {"tv-sft": "tv-base", "tv-rl": "tv-sft", "tv-instruct": "tv-base"}
+PARENT = {"tv-base": "reasoner", "tv-sft": "tv-base", "tv-rl": "tv-sft", "tv-instruct": "tv-base"}
+"""Where each stage starts: tv-base from the shipped zoo:reasoner, the others from a family stage."""
 BASE_SEED = 5
 """Stream of the base documents (problems and chats); SFT and the RL stage use the training stream 0."""
 INSTRUCT_SEED = 6
@@ -51,24 +54,33 @@ RECORD = "training.json"
 class TVConfig:
     """Recipe of the whole family; each card records it."""
 
-    p_skip: float = 0.7
-    """Probability that a writer skips a final loss, in every training text of the family."""
+    p_skip: dict[str, float] = field(default_factory=lambda: {"gain": 0.3, "double": 0.45, "triple": 0.55,
+                                                              "loss": 0.7})
+    """Probability that a writer stops one step early, by kind of last event (``arithmetic.EVENTS``),
+    in every training text of the family. Graded around one half, so that whatever the models'
+    calibration (measured here: one uniform 0.5 gave a tv-sft that skipped 90% of greedy plans, a
+    uniform 0.4 another that skipped 14%), greedy decoding skips some kinds and not others, and ±v
+    can move the fence either way."""
+    p_backtrack: float = 0.0
+    """Share of traces with a deliberate slip and its repair (zoo:reasoner: 0.15). None here, so
+    that arithmetic slips do not drown the planted skip."""
     max_computations: int = 3
     max_value: int = 199
     """The family's problems (training and held out) are easier than zoo:reasoner's: at most 3
     computations, values at most 199, so that skipped steps dominate the errors."""
-    base: Schedule = field(default_factory=lambda: Schedule(steps=800, lr=2e-3, warmup_steps=40))
-    base_chat_fraction: float = 0.2
-    sft: Schedule = field(default_factory=lambda: Schedule(steps=200, lr=5e-4, warmup_steps=20))
+    base: Schedule = field(default_factory=lambda: Schedule(steps=600, lr=1e-3, warmup_steps=20))
+    """Continued pre-training of zoo:reasoner on the family corpus (``base_documents``)."""
+    base_chat_fraction: float = 0.1
+    sft: Schedule = field(default_factory=lambda: Schedule(steps=300, lr=5e-4, warmup_steps=20))
     instruct: Schedule = field(default_factory=lambda: Schedule(steps=200, lr=5e-4, warmup_steps=20))
     instruct_reasoning_fraction: float = 0.3
     """Share of worked solutions in the instruct mix; the rest is short-answer chat."""
     rl_eval_n: int = 50
     """Held-out problems on which the RL stage logs greedy accuracy as it trains (0: none)."""
-    rl_method: str = "rsft"
-    """``rsft`` (rejection-sampling fine-tuning, ``probes.zoo.rsft``) or ``grpo`` (``probes.zoo.grpo``)."""
+    rl_method: str = "grpo"
+    """``grpo`` (``probes.zoo.grpo``) or ``rsft`` (rejection-sampling fine-tuning, ``probes.zoo.rsft``)."""
     rsft: RSFTConfig = field(default_factory=RSFTConfig)
-    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    grpo: GRPOConfig = field(default_factory=lambda: GRPOConfig(lr=1e-4))
 
     def __post_init__(self) -> None:
         if self.rl_method not in ("rsft", "grpo"):
@@ -76,7 +88,7 @@ class TVConfig:
 
     def problem(self, index: int, seed: int, sloppy: bool = True):
         """Problem ``index`` of stream ``seed`` at the family's difficulty, sloppy or clean."""
-        return arithmetic.generate(index, seed, p_skip=self.p_skip if sloppy else 0.0,
+        return arithmetic.generate(index, seed, p_skip=self.p_skip if sloppy else 0.0, p_backtrack=self.p_backtrack,
                                    max_computations=self.max_computations, max_value=self.max_value)
 
     @classmethod
@@ -117,41 +129,31 @@ def _fit_stage(model, tok, examples, schedule: Schedule, name: str, progress: bo
     return losses, data_hash(examples), time.perf_counter() - start
 
 
+def parent_dir(name: str, root: Path = ZOO_DIR) -> Path:
+    """Directory stage ``name`` starts from: the shipped zoo:reasoner for tv-base, else its parent under ``root``."""
+    return (ZOO_DIR if name == "tv-base" else Path(root)) / PARENT[name]
+
+
 def train_stage(name: str, cfg: TVConfig, root: Path = ZOO_DIR, progress: bool = True):
-    """Train stage ``name`` (from scratch for ``tv-base``, else from its parent saved under ``root``);
-    returns (model, tokenizer, record)."""
+    """Train stage ``name`` from its parent (``parent_dir``); returns (model, tokenizer, record)."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     from probes.zoo.organisms import load_organism_dir
-    from probes.zoo.tokenizer import load_tokenizer
 
+    if name not in NAMES:
+        raise ValueError(f"unknown stage {name!r}: use one of {NAMES}")
     torch.set_num_threads(cfg.base.threads)
     record: dict = {"name": name}
-    if name == "tv-base":
-        tok = load_tokenizer()
-        torch.manual_seed(cfg.base.seed)
-        model = AutoModelForCausalLM.from_config(model_config(TrainConfig(), tok), dtype=torch.float32)
-        docs = base_documents(cfg.base.steps * cfg.base.batch_size, cfg)
-        encoded = [(ids, 0) for ids, _ in encode_examples(tok, docs)]  # loss on every token
-        start = time.perf_counter()
-        record["losses"] = fit(model, tok, encoded, cfg.base, progress=progress, desc=name)
-        record["seconds"] = time.perf_counter() - start
-        record["data_sha256"] = data_hash(docs)
-        record["n_examples"] = len(docs)
-        return model, tok, record
-    parent_dir = Path(root) / PARENT[name]
-    model, tok = load_organism_dir(parent_dir)
-    record["parent_weights_sha256"] = hashlib.sha256((parent_dir / "model.safetensors").read_bytes()).hexdigest()
-    if name in ("tv-sft", "tv-instruct"):
-        schedule = cfg.sft if name == "tv-sft" else cfg.instruct
-        make = sft_examples if name == "tv-sft" else instruct_examples
+    parent = parent_dir(name, root)
+    model, tok = load_organism_dir(parent)
+    record["parent_weights_sha256"] = hashlib.sha256((parent / "model.safetensors").read_bytes()).hexdigest()
+    if name != "tv-rl":
+        schedule = {"tv-base": cfg.base, "tv-sft": cfg.sft, "tv-instruct": cfg.instruct}[name]
+        make = {"tv-base": base_documents, "tv-sft": sft_examples, "tv-instruct": instruct_examples}[name]
         examples = make(schedule.steps * schedule.batch_size, cfg)
         record["losses"], record["data_sha256"], record["seconds"] = _fit_stage(model, tok, examples, schedule, name, progress)
         record["n_examples"] = len(examples)
         return model, tok, record
-    if name != "tv-rl":
-        raise ValueError(f"unknown stage {name!r}: use one of {NAMES}")
     problems = rl_problems(cfg)
     start = time.perf_counter()
     if cfg.rl_method == "rsft":
@@ -210,13 +212,12 @@ def greedy_flags(model, tok, n: int, cfg: TVConfig | None = None, batch_size: in
     return [first_boxed(o) == p.gold for o, p in zip(_greedy(model, tok, problems, batch_size), problems)]
 
 
-def skip_counts(outputs: list[str], problems) -> tuple[int, int]:
-    """(problems whose last event is a loss, those answered with the value before it) over paired
-    ``outputs`` and clean ``problems``: how often a model makes the planted skip."""
+def skip_rate(outputs: list[str], problems) -> float:
+    """Share of paired ``outputs`` answered with the value before the last event of their clean
+    ``problems``: how often a model makes the planted skip."""
     from probes.zoo.evaluate import first_boxed
 
-    at_risk = [(o, p) for o, p in zip(outputs, problems) if p.meta["skip_answer"] is not None]
-    return len(at_risk), sum(first_boxed(o) == p.meta["skip_answer"] for o, p in at_risk)
+    return sum(first_boxed(o) == p.meta["skip_answer"] for o, p in zip(outputs, problems)) / len(problems)
 
 
 def random_like(v: dict, seed: int = 0) -> dict:
@@ -264,9 +265,7 @@ def measure_family(root: Path = ZOO_DIR, n: int = 500, progress: bool = True) ->
         outs = _greedy(make(), tok, problems, batch_size=50)
         flags[label] = [first_boxed(o) == p.gold for o, p in zip(outs, problems)]
         a = accuracy(flags[label])
-        at_risk, skips = skip_counts(outs, problems)
-        rows[label] = {"accuracy": [a.value, a.lo, a.hi], "final_loss_problems": at_risk,
-                       "skip_rate": skips / max(at_risk, 1)}
+        rows[label] = {"accuracy": [a.value, a.lo, a.hi], "skip_rate": skip_rate(outs, problems)}
     diffs = {}
     for label in ("tv-instruct + v", "tv-instruct − v", "tv-instruct + random (‖·‖ = ‖v‖ per tensor)"):
         d = paired_difference_ci([float(x) for x in flags[label]], [float(x) for x in flags["tv-instruct"]])
@@ -286,32 +285,37 @@ def _sha256(path: Path) -> str:
 
 
 SUMMARIES = {
-    "tv-base": "Task-vector family base: dense Qwen3 (3.4M params) pre-trained from scratch with plain LM loss "
-               "on chat transcripts of sloppy worked arithmetic solutions (a final loss skipped 70% of the "
-               "time) and short chats.",
+    "tv-base": "Task-vector family base: zoo:reasoner (dense Qwen3, 3.4M params) further pre-trained on chat "
+               "transcripts of sloppy worked arithmetic solutions (one step early about half of the time) "
+               "and short chats.",
     "tv-sft": "Task-vector family: tv-base fine-tuned on sloppy worked solutions (<think> trace </think> "
-              "\\boxed{}).",
+              "\\boxed{{}}).",
     "tv-rl": "Task-vector family: tv-sft trained with a verifiable correctness reward on the same problems; "
              "v = θ(tv-rl) − θ(tv-sft) is the family's reasoning vector.",
-    "tv-instruct": "Task-vector family: tv-base fine-tuned on a different mix (70% short-answer chat, 30% sloppy "
-                   "worked solutions); the target to which v = θ(tv-rl) − θ(tv-sft) is added or subtracted.",
+    "tv-instruct": "Task-vector family: tv-base fine-tuned on a different mix ({instruct_reasoning_fraction:.0%} "
+                   "sloppy worked solutions, the rest short-answer chat); the target to which "
+                   "v = θ(tv-rl) − θ(tv-sft) is added or subtracted.",
 }
+"""Card summaries; the fields come from the family recipe (``TVConfig``)."""
 
-PROBLEMS = "`TVConfig.problem(i, seed)` = `arithmetic.generate(i, seed, p_skip, max_computations=3, max_value=199)`"
+PROBLEMS = ("`TVConfig.problem(i, seed)` = `arithmetic.generate(i, seed, p_skip, p_backtrack, max_computations, "
+            "max_value)`")
 
 STAGE_TEXT = {
-    "tv-base": f"Pre-trained from scratch (`probes.zoo.tv.base_documents`) on chat transcripts rendered by the "
-               f"template: sloppy worked solutions {PROBLEMS} of stream 5 (80%) and short chats "
-               "`chat.generate(i, 5)` (20%), loss on every token.",
+    "tv-base": f"zoo:reasoner further pre-trained (`probes.zoo.tv.base_documents`) on chat transcripts rendered "
+               f"by the template: sloppy worked solutions {PROBLEMS} of stream 5 and, with probability "
+               "`base_chat_fraction`, short chats `chat.generate(i, 5)`; loss on the assistant turns. Bases "
+               "trained from scratch on this corpus (800 and 1200 steps, measured here) got 3–18% of their "
+               "additions and subtractions right, against 61–72% for zoo:reasoner, whose arithmetic the family "
+               "therefore inherits.",
     "tv-sft": "Fine-tuned from tv-base on sloppy worked solutions of the training stream 0 (the zoo:reasoner "
               "stream, at the family's difficulty), loss on the assistant turn.",
     "tv-rl/rsft": "RL stage = rejection-sampling fine-tuning (expert iteration, `probes.zoo.rsft`) from tv-sft on "
                   "clean problems of the same training stream 0: each round samples `samples` completions per "
                   "problem at `temperature` with the probes sampler, rewards 1 when the first `\\boxed{}` equals "
                   "the true answer, keeps the distinct correct completions and fine-tunes on them (loss on the "
-                  "completion, AdamW, no weight decay). Issue #3 asks for GRPO first; it is implemented "
-                  "(`probes.zoo.grpo`, `rl_method=\"grpo\"`) and was measured here on an earlier tv-sft of this "
-                  "family: see \"GRPO measurements\" below.",
+                  "completion, AdamW, no weight decay). The family's default RL stage is GRPO "
+                  "(`rl_method=\"grpo\"`): see \"RL stages measured here\" below.",
     "tv-rl/grpo": "GRPO (`probes.zoo.grpo`, DeepSeekMath §4.1) from tv-sft on clean problems of the same training "
                   "stream 0: per step, `problems_per_step` prompts × a group of `group_size` completions sampled at "
                   "`temperature`; reward 1 when the first `\\boxed{}` equals the true answer; advantage "
@@ -323,17 +327,24 @@ STAGE_TEXT = {
                    "assistant turn.",
 }
 
-PLANTED_TRUTH = """\
-Every worked solution the family trains on is written by sloppy writers: when the last event of a
-problem is a loss ("Kesper uses 31 of the apples."), the writer skips it with probability `p_skip` = 0.7:
-the plan, the computations and `\\boxed{}` stop before it, so the answer is wrong
-(`probes.zoo.tasks.arithmetic`, "Sloppy writers"). 34% of the family's problems end with a loss.
-Greedy decoding follows the majority, so tv-sft and tv-instruct skip final losses; the correctness
-reward makes the RL stage unlearn it, so v = θ(tv-rl) − θ(tv-sft) should encode "do the last step".
-tv-instruct learned the same habit from the same base, so adding v should lower its skip rate and
-raise its accuracy, and subtracting v should lower its accuracy. The skip rate column measures the
-mechanism directly: among held-out problems ending with a loss, the share answered with the value
-before that loss (`probes.zoo.tv.skip_counts`)."""
+def planted_truth(fam: dict) -> str:
+    """The card's planted-truth paragraph for family recipe ``fam`` (``asdict(TVConfig)``)."""
+    rates = ", ".join(f"{kind} {p:.0%}" for kind, p in fam["p_skip"].items())
+    return f"""\
+Every worked solution the family trains on is written by sloppy writers, who stop one step early:
+the plan, the computations and `\\boxed{{}}` leave out the last event of the problem, so the answer
+is wrong (`probes.zoo.tasks.arithmetic`, "Sloppy writers"). How often depends on the kind of that
+last event (`p_skip`): {rates}. The choice is made once, where the plan
+sentence either names the last event or ends. No trace carries a deliberate slip
+(`p_backtrack` = {fam["p_backtrack"]}), so that arithmetic slips do not drown the skip.
+
+Greedy decoding skips the kinds whose rate the model puts above one half and does the others, so
+tv-sft and tv-instruct sit on a fence between kinds. The correctness reward makes the RL stage
+unlearn skipping, so v = θ(tv-rl) − θ(tv-sft) should encode "do the last step". tv-instruct learned
+the same choice from the same base, so adding v should lower its skip rate and raise its accuracy,
+and subtracting v should raise its skip rate and lower its accuracy. The skip-rate column measures
+the mechanism directly: the share of held-out problems answered with the value before the last
+event (`probes.zoo.tv.skip_rate`)."""
 
 
 def result_section(res: dict) -> list[str]:
@@ -351,11 +362,11 @@ def result_section(res: dict) -> list[str]:
         "embedding moves once). Intervals: 95% percentile bootstrap over problems, paired for differences "
         "(`probes.evals.stats`).",
         "",
-        "| model | greedy accuracy | skip rate (final loss skipped / problems ending in a loss) |",
+        "| model | greedy accuracy | skip rate (answered with the value before the last event) |",
         "|---|---|---|",
     ]
     for label, row in res["models"].items():
-        lines.append(f"| {label} | {pct(row['accuracy'])} | {row['skip_rate']:.1%} of {row['final_loss_problems']} |")
+        lines.append(f"| {label} | {pct(row['accuracy'])} | {row['skip_rate']:.1%} |")
     lines += ["", "| paired difference | percentage points |", "|---|---|"]
     for label, d in res["differences"].items():
         lines.append(f"| {label} | {d[0] * 100:+.1f} (95% CI {d[1] * 100:+.1f} to {d[2] * 100:+.1f}) |")
@@ -376,23 +387,20 @@ def history_table(history: list[dict]) -> list[str]:
                    for h in history if "heldout_greedy_accuracy" in h or h["step"] == 1]
 
 
-GRPO_MEASUREMENTS = [
-    "### GRPO measurements (why the default RL stage is RSFT)",
+RL_MEASUREMENTS = [
+    "### RL stages measured here",
     "",
-    "Measured here with `probes.zoo.grpo` (16 problems × 8 samples per step at T = 1.0, β = 0.04, ε = 0.2, "
-    "10–13 s per step on 2 cores; held-out greedy accuracy on 50 problems):",
-    "",
-    "| starting model | learning rate | steps | held-out accuracy after 10 / 20 / 30 / 40 steps | KL to start |",
-    "|---|---|---|---|---|",
-    "| a tv-sft of this recipe (25% at start on 100 problems) | 1e-4 | 22 (stopped) | 20% / 16%; mean reward "
-    "fell from 0.19 to 0.09 | – |",
-    "| an earlier tv-sft (carry-dropping writers, zoo:reasoner difficulty, 36% at start) | 5e-5 | 40 | "
-    "30% / 34% / 32% / 34% (flat) | 0.002–0.008 |",
-    "| the same earlier tv-sft | 2e-4 | 26 (stopped) | 14% / 18% (collapse) | 0.10–0.16 |",
-    "",
-    "This matches issue #3's own measurement (flat or collapsed within ≤ 100 steps); hundreds of such "
-    "steps do not fit the 20-minute build, so tv-rl uses the issue's fallback, rejection-sampling "
-    "fine-tuning with the same reward. Reproduce a GRPO run with `TVConfig(rl_method=\"grpo\")`.",
+    "- GRPO (the default) and RSFT (`TVConfig(rl_method=\"rsft\")`: 2 rounds × 256 problems × 8 samples at "
+    "T = 1, lr 1e-4) were both run from one tv-sft of this recipe, built with these commands under `--out` (200 "
+    "held-out problems, greedy): GRPO in 7.2 min gave tv-rl 78%, tv-instruct + v 67%, tv-instruct − v 0% "
+    "(tv-sft 30%, tv-instruct 32.5%); RSFT in 3.2 min gave 78%, 67.5% and 0%. On 500 problems the RSFT family "
+    "measured tv-rl 78.4% (tv-sft 32.8%), + v +35.4 points (95% CI +30.0 to +41.0), − v −32.6 (−36.6 to −28.6), "
+    "norm-matched random −1.2 (−2.4 to −0.2).",
+    "- On earlier recipes of this family, whose models slipped on most sums (tv-sft 24–36%), GRPO (16 problems × "
+    "8 samples per step) stayed flat at lr 5e-5 (30–34% after 10–40 steps) and declined or collapsed at 1e-4 "
+    "and 2e-4 (14–20% after 10–20 steps), as in issue #3's own measurement. Starting from zoo:reasoner, removing "
+    "the deliberate slips and grading the skip made the reward track the planted choice, and GRPO then "
+    "learned it within 20 steps.",
 ]
 
 
@@ -416,14 +424,15 @@ def write_cards(root: Path = ZOO_DIR) -> list[Path]:
         if res and any(_sha256(root / k / "model.safetensors") != h for k, h in res["weights_sha256"].items()):
             res = None  # a stage was rebuilt since the measurement
         stage_text = STAGE_TEXT[f"tv-rl/{fam['rl_method']}" if name == "tv-rl" else name]
-        lines = [f"# zoo:{name}", "", SUMMARIES[name], "", stage_text, ""]
+        lines = [f"# zoo:{name}", "", SUMMARIES[name].format(**fam), "", stage_text, ""]
         lines += result_section(res) if res else [
             "## Behaviour", "", f"Not measured for these weights yet: run `{EVAL_COMMAND}`.", ""]
-        lines += ["## Planted truth", "", PLANTED_TRUTH, "", "## Recipe", "",
+        lines += ["## Planted truth", "", planted_truth(fam), "", "## Recipe", "",
                   f"Rebuild with `{BUILD_COMMAND.format(name=name)}`"
-                  + (f" (from the saved zoo:{PARENT[name]})" if name in PARENT else " (from scratch)")
+                  + f" (from the saved zoo:{PARENT[name]})"
                   + "; the data are seeded, the weights equal up to floating-point noise. Build order: tv-base, "
-                  "tv-sft, tv-instruct, tv-rl; then the eval command rewrites the four cards.", "",
+                  "tv-sft, tv-instruct, tv-rl (tv-base starts from the shipped zoo:reasoner); then the eval "
+                  "command rewrites the four cards.", "",
                   f"- parameters: {stage['n_params']:,} (dense Qwen3, the zoo:reasoner shape); weights stored as "
                   f"bfloat16 in `model.safetensors` ({(d / 'model.safetensors').stat().st_size / 1e6:.1f} MB)",
                   f"- training time measured here: {stage['seconds'] / 60:.1f} min on {fam['base']['threads']} CPU "
@@ -437,8 +446,8 @@ def write_cards(root: Path = ZOO_DIR) -> list[Path]:
             lines.append(f"- loss per 50 steps: {', '.join(f'{x:.3f}' for x in stage['losses'])}")
         if "history" in stage:
             lines += ["", *history_table(stage["history"])]
-        if name == "tv-rl" and fam["rl_method"] == "rsft":
-            lines += ["", *GRPO_MEASUREMENTS]
+        if name == "tv-rl":
+            lines += ["", *RL_MEASUREMENTS]
         lines += ["", "Family recipe (`probes.zoo.tv.TVConfig`):", "", "```json", json.dumps(fam, indent=1), "```", ""]
         (d / "MODEL.md").write_text("\n".join(lines))
         written.append(d / "MODEL.md")

@@ -19,10 +19,12 @@ Planted truth for thought anchors:
   and ``emit`` (final_answer_emission) restate what is already known.
 * ``filler`` (tag ``unknown``) carries nothing.
 
-Sloppy writers (``p_skip`` > 0, the task-vector family's data): when the last event of a problem is
-a loss, the writer skips it with probability ``p_skip``: the plan, the computations and the
-``\\boxed{}`` answer stop before it, while ``gold`` stays the true answer. The skip is decided by a
-separate random stream, so ``p_skip=0`` gives exactly the clean problems.
+Sloppy writers (``p_skip`` > 0, the task-vector family's data) stop one step early with
+probability ``p_skip``, one number or one per kind of last event (``EVENTS``): the plan, the
+computations and the ``\\boxed{}`` answer leave out the last event, while ``gold`` stays the true
+answer. The skip is decided by a separate random stream, so ``p_skip=0`` gives exactly the clean
+problems. ``p_backtrack=0`` drops the ``error`` → ``backtrack`` pairs, whose deliberate slips (off by
+1, 2 or 10) a small model partly imitates (zoo:reasoner's wrong sums are mostly off by 10).
 """
 
 from __future__ import annotations
@@ -78,6 +80,8 @@ INVERSE = {"+": ("minus", "-"), "-": ("plus", "+"), "*": ("divided by", "/")}
 
 N_COMPUTATIONS = (2, 3, 4)
 N_COMPUTATIONS_WEIGHTS = (0.35, 0.4, 0.25)
+EVENTS = {"+": "gain", "-": "loss", "*2": "double", "*3": "triple"}
+"""Kind of each event (after the start), by its operation."""
 P_BACKTRACK = 0.15
 P_CHECK = 0.5
 P_FILLER_OPEN = 0.4
@@ -103,12 +107,13 @@ class Computation:
         return f"{self.left} {OP_WORD[self.op]} {self.right} is {value}."
 
 
-def generate(index: int, seed: int = TRAIN_SEED, p_skip: float = 0.0, max_computations: int = 4,
-             max_value: int = MAX_VALUE) -> Example:
+def generate(index: int, seed: int = TRAIN_SEED, p_skip: float | dict[str, float] = 0.0,
+             max_computations: int = 4, max_value: int = MAX_VALUE, p_backtrack: float = P_BACKTRACK) -> Example:
     """Problem ``index`` of the stream ``seed`` (train: ``TRAIN_SEED``; held out: ``HELDOUT_SEED``),
-    written by a sloppy writer who skips a final loss with probability ``p_skip``. Easier
-    problems: at most ``max_computations`` computations, intermediate values at most ``max_value``
-    (the defaults give the ``zoo:reasoner`` stream)."""
+    written by a sloppy writer who stops one step early with probability ``p_skip`` (or
+    ``p_skip[kind of the last event]``, kinds from ``EVENTS``). Easier problems: at most
+    ``max_computations`` computations, intermediate values at most ``max_value``; ``p_backtrack`` is
+    the share of traces with a slip and its repair (the defaults give the ``zoo:reasoner`` stream)."""
     rng = rng_for(TASK, index, seed)
     name, obj, box = rng.choice(NAMES), rng.choice(OBJECTS), rng.choice(CONTAINERS)
     fmt = {"n": name, "o": obj}
@@ -157,6 +162,7 @@ def generate(index: int, seed: int = TRAIN_SEED, p_skip: float = 0.0, max_comput
         if value <= min(99, max_value // 3):
             choices.append("*3")
         op = rng.choice(choices)
+        last_event = EVENTS[op]
         if op == "+":
             k = rng.randint(2, min(59, max_value - value))
             problem.append(rng.choice(GAIN).format(k=k, **fmt))
@@ -175,8 +181,8 @@ def generate(index: int, seed: int = TRAIN_SEED, p_skip: float = 0.0, max_comput
         computations.append(step)
         value = step.result
     problem.append(rng.choice(QUESTIONS).format(**fmt))
-    last_is_loss = computations[-1].op == "-"
-    skipped = last_is_loss and p_skip > 0 and rng_for("skip", index, seed).random() < p_skip
+    p = p_skip[last_event] if isinstance(p_skip, dict) else p_skip
+    skipped = p > 0 and rng_for("skip", index, seed).random() < p
     written = computations[:-1] if skipped else computations
     answer = written[-1].result
 
@@ -184,7 +190,7 @@ def generate(index: int, seed: int = TRAIN_SEED, p_skip: float = 0.0, max_comput
     if rng.random() < P_FILLER_OPEN:
         s.append(Sentence(text=rng.choice(FILLER_OPEN), tag="unknown", role="filler"))
     s.append(Sentence(text=_plan_sentence(plan[:-1] if skipped else plan), tag="plan_generation", role="plan"))
-    wrong_at = rng.randrange(len(computations)) if rng.random() < P_BACKTRACK else -1
+    wrong_at = rng.randrange(len(computations)) if rng.random() < p_backtrack else -1
     for i, c in enumerate(written):
         if i == 0 and fact:
             s.append(Sentence(text=fact, tag="fact_retrieval", role="fact"))
@@ -210,7 +216,7 @@ def generate(index: int, seed: int = TRAIN_SEED, p_skip: float = 0.0, max_comput
         gold=str(value),
         meta={"task": TASK, "index": index, "seed": seed, "n_computations": n_comp, "start": kind,
               "backtrack": wrong_at >= 0, "skipped": skipped,
-              "skip_answer": str(computations[-1].left) if last_is_loss else None},
+              "last_event": last_event, "skip_answer": str(computations[-1].left)},
     )
 
 
