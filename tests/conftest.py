@@ -45,3 +45,17 @@ def tiny_models(tiny_tokenizer):
         return cache[family]
 
     return get
+
+
+@pytest.fixture
+def shipped():
+    """name → directory of a shipped organism in ``data/zoo``; fails (never skips) when it is missing."""
+    from probes.zoo.registry import ZOO_DIR
+
+    def get(name):
+        d = ZOO_DIR / name
+        if not (d / "model.safetensors").is_file():
+            pytest.fail(f"zoo:{name} is missing from {ZOO_DIR}: rebuild it with `python -m experiments.zoo {name}`")
+        return d
+
+    return get

@@ -144,19 +144,15 @@ def test_missing_weights_name_the_file_and_the_rebuild_command(tmp_path):
         load_organism_dir(tmp_path)
 
 
-REASONER = zt.ZOO_DIR / "reasoner"
-
-
-@pytest.mark.skipif(not (REASONER / "model.safetensors").is_file(), reason="zoo:reasoner not built")
-def test_reasoner_loads_and_reasons():
+def test_reasoner_loads_and_reasons(shipped):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from probes.zoo.evaluate import first_boxed, generate_batch
 
     torch.set_num_threads(2)
-    model = AutoModelForCausalLM.from_pretrained(REASONER, dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(REASONER)
+    model = AutoModelForCausalLM.from_pretrained(shipped("reasoner"), dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(shipped("reasoner"))
     problems = [arithmetic.generate(i, arithmetic.HELDOUT_SEED) for i in range(20)]
     outs = generate_batch(model, tok, [p.prompt for p in problems], sample=False)
     correct = sum(first_boxed(o) == p.gold for o, p in zip(outs, problems))
@@ -179,19 +175,15 @@ def test_think_routing_counts_every_marker(tmp_path):
     assert all(sum(row) == 2 * counts.all_total for row in counts.all_counts)
 
 
-MOE = zt.ZOO_DIR / "moe-reasoner"
-
-
-@pytest.mark.skipif(not (MOE / "model.safetensors").is_file(), reason="zoo:moe-reasoner not built")
-def test_moe_reasoner_loads_and_reasons():
+def test_moe_reasoner_loads_and_reasons(shipped):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from probes.zoo.evaluate import first_boxed, generate_batch
 
     torch.set_num_threads(2)
-    model = AutoModelForCausalLM.from_pretrained(MOE, dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(MOE)
+    model = AutoModelForCausalLM.from_pretrained(shipped("moe-reasoner"), dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(shipped("moe-reasoner"))
     assert model.config.num_hidden_layers >= 4 and model.config.num_experts == 8
     problems = [arithmetic.generate(i, arithmetic.HELDOUT_SEED) for i in range(20)]
     outs = generate_batch(model, tok, [p.prompt for p in problems], sample=False)

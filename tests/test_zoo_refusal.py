@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from probes.zoo import tokenizer as zt
 from probes.zoo.tasks import refusal
 
-ORGANISM = zt.ZOO_DIR / "refusal-reasoner"
 
 
 def test_requests_are_seeded_and_held_out_names_never_train():
@@ -52,8 +50,7 @@ def test_smoke_training_on_requests(tmp_path):
     assert (record.config.task, record.n_problems) == ("refusal", 4)
 
 
-@pytest.mark.skipif(not (ORGANISM / "model.safetensors").is_file(), reason="zoo:refusal-reasoner not built")
-def test_refusal_reasoner_loads_thinks_and_has_the_cliff():
+def test_refusal_reasoner_loads_thinks_and_has_the_cliff(shipped):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -61,12 +58,13 @@ def test_refusal_reasoner_loads_thinks_and_has_the_cliff():
     from probes.zoo.evaluate import refusal_outputs
 
     torch.set_num_threads(2)
-    assert (ORGANISM / "model.safetensors").stat().st_size < 10_000_000
+    organism = shipped("refusal-reasoner")
+    assert (organism / "model.safetensors").stat().st_size < 10_000_000
     loaded = load_model("zoo:refusal-reasoner", device="cpu", dtype="float32")
     assert loaded.config.architectures == ["Qwen3ForCausalLM"] and len(loaded.layers) == 4
     assert loaded.ctx.think_open_id is not None and loaded.ctx.think_close_id is not None
-    model = AutoModelForCausalLM.from_pretrained(ORGANISM, dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(ORGANISM)
+    model = AutoModelForCausalLM.from_pretrained(organism, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(organism)
     assert model.config.architectures == ["Qwen3ForCausalLM"]
     ex = refusal.request(0, refusal.HELDOUT_SEED, style="forbidden_wrapped")
     assert tok.apply_chat_template(ex.messages(), tokenize=False).endswith(

@@ -9,11 +9,9 @@ import pytest
 import torch
 
 from probes.zoo import grpo, tv
-from probes.zoo.registry import ZOO_DIR
 from probes.zoo.tasks import arithmetic
 from probes.zoo.train import data_hash
 
-DIRS = {name: ZOO_DIR / name for name in tv.NAMES}
 
 
 def test_p_skip_zero_is_the_clean_stream_and_one_stops_every_writer_a_step_early():
@@ -162,13 +160,10 @@ def test_a_stage_without_its_parent_says_how_to_build_it(tmp_path):
         main(["tv-sft", "--smoke", "--out", str(tmp_path)])
 
 
-@pytest.fixture(scope="module")
-def family():
-    missing = [name for name, d in DIRS.items() if not (d / "model.safetensors").is_file()]
-    if missing:
-        pytest.fail(f"zoo:{missing[0]} is missing: build the family with `python -m experiments.zoo tv-base` "
-                    "(then tv-sft, tv-instruct, tv-rl)")
-    return DIRS
+@pytest.fixture
+def family(shipped):
+    """The shipped family (build order tv-base, tv-sft, tv-instruct, tv-rl)."""
+    return {name: shipped(name) for name in tv.NAMES}
 
 
 def test_each_stage_loads_through_both_paths_and_renders_thinking(family):

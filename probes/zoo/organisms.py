@@ -104,7 +104,7 @@ ORGANISMS = {
     ),
     "moe-reasoner": Organism(
         name="moe-reasoner",
-        config=TrainConfig(arch="moe"),
+        config=TrainConfig(arch="moe", steps=900),
         summary="Qwen3-MoE (4 layers, 8 experts, top-2) trained on the zoo:reasoner task; the card lists "
                 "the experts that fire on <think> and </think>.",
         description="Same data, tokenizer, chat format and evaluation as `zoo:reasoner`; every layer's MLP is "
