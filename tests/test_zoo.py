@@ -148,9 +148,12 @@ def test_reasoner_loads_and_reasons(shipped):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from probes import load_model
     from probes.zoo.evaluate import first_boxed, generate_batch
 
     torch.set_num_threads(2)
+    loaded = load_model("zoo:reasoner", device="cpu", dtype="float32")
+    assert loaded.render_chat("Mirel has 12 pens.").endswith("<|assistant|><think>")
     model = AutoModelForCausalLM.from_pretrained(shipped("reasoner"), dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(shipped("reasoner"))
     problems = [arithmetic.generate(i, arithmetic.HELDOUT_SEED) for i in range(20)]
@@ -179,9 +182,13 @@ def test_moe_reasoner_loads_and_reasons(shipped):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from probes import load_model
     from probes.zoo.evaluate import first_boxed, generate_batch
 
     torch.set_num_threads(2)
+    loaded = load_model("zoo:moe-reasoner", device="cpu", dtype="float32")
+    assert loaded.render_chat("Mirel has 12 pens.").endswith("<|assistant|><think>")
+    assert loaded.config.architectures == ["Qwen3MoeForCausalLM"]
     model = AutoModelForCausalLM.from_pretrained(shipped("moe-reasoner"), dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(shipped("moe-reasoner"))
     assert model.config.num_hidden_layers >= 4 and model.config.num_experts == 8

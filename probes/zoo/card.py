@@ -42,7 +42,7 @@ def render_card(*, name: str, summary: str, description: str, planted_truth: str
         f"AdamW lr {cfg.lr} (warmup {cfg.warmup_steps}, cosine to {cfg.min_lr_ratio}×), weight decay "
         f"{cfg.weight_decay}, loss on the assistant turn only, bf16 autocast: {cfg.autocast_bf16}",
         f"- training time measured here: {result.seconds / 60:.1f} min on {cfg.threads} CPU threads "
-        f"({platform.processor() or platform.machine()}; the machine was shared, so this is an upper bound)",
+        f"({platform.processor() or platform.machine()}; wall clock, an upper bound when other jobs share the cores)",
         f"- training data sha256: `{result.data_sha256}`",
         f"- shared tokenizer corpus sha256: `{tokenizer_hash}`",
         f"- loss per 50 steps: {', '.join(f'{x:.3f}' for x in result.losses)}",
