@@ -45,6 +45,13 @@ def test_writers_skip_by_kind_of_last_event_and_p_backtrack_zero_removes_the_sli
         arithmetic.generate(loss, 0, p_skip={"gain": 0.5})
 
 
+def test_family_recipe_rejects_a_bad_skip_table():
+    with pytest.raises(ValueError, match="each of"):
+        tv.TVConfig(p_skip={"gain": 0.3, "loss": 0.7})
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        tv.TVConfig(p_skip={"gain": 0.3, "double": 0.4, "triple": 1.5, "loss": 0.7})
+
+
 def test_skip_rate_by_hand():
     problems = [arithmetic.generate(i, 1) for i in range(40)]
     outputs = [f"x</think>The answer is \\boxed{{{p.meta['skip_answer'] if i % 4 == 0 else p.gold}}}."

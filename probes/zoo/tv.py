@@ -85,6 +85,9 @@ class TVConfig:
     def __post_init__(self) -> None:
         if self.rl_method not in ("rsft", "grpo"):
             raise ValueError(f"rl_method {self.rl_method!r}: use rsft or grpo")
+        kinds = sorted(arithmetic.EVENTS.values())
+        if sorted(self.p_skip) != kinds or not all(0.0 <= p <= 1.0 for p in self.p_skip.values()):
+            raise ValueError(f"p_skip {self.p_skip}: give a probability in [0, 1] for each of {kinds}")
 
     def problem(self, index: int, seed: int, sloppy: bool = True):
         """Problem ``index`` of stream ``seed`` at the family's difficulty, sloppy or clean."""
