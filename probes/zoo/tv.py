@@ -308,9 +308,9 @@ STAGE_TEXT = {
     "tv-base": f"zoo:reasoner further pre-trained (`probes.zoo.tv.base_documents`) on chat transcripts rendered "
                f"by the template: sloppy worked solutions {PROBLEMS} of stream 5 and, with probability "
                "`base_chat_fraction`, short chats `chat.generate(i, 5)`; loss on the assistant turns. Bases "
-               "trained from scratch on this corpus (800 and 1200 steps, measured here) got 3–18% of their "
-               "additions and subtractions right, against 61–72% for zoo:reasoner, whose arithmetic the family "
-               "therefore inherits.",
+               "trained from scratch on corpora like this one (800 steps with a uniform skip rate, 1200 steps "
+               "with this recipe's; measured here) got 3–18% of their additions and subtractions right, "
+               "against 61–72% for zoo:reasoner, whose arithmetic the family therefore inherits.",
     "tv-sft": "Fine-tuned from tv-base on sloppy worked solutions of the training stream 0 (the zoo:reasoner "
               "stream, at the family's difficulty), loss on the assistant turn.",
     "tv-rl/rsft": "RL stage = rejection-sampling fine-tuning (expert iteration, `probes.zoo.rsft`) from tv-sft on "
