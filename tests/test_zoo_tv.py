@@ -13,7 +13,6 @@ from probes.zoo.tasks import arithmetic
 from probes.zoo.train import data_hash
 
 
-
 def test_p_skip_zero_is_the_clean_stream_and_one_stops_every_writer_a_step_early():
     assert data_hash([arithmetic.generate(i, 0, p_skip=0.0) for i in range(50)]) == \
         data_hash([arithmetic.generate(i, 0) for i in range(50)])
