@@ -73,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.target == "eval":
         import torch
 
+        from probes.models.zoo_registry import zoo_path
         from probes.zoo.evaluate import measure, measure_refusal
         from probes.zoo.organisms import load_organism_dir, organism
-        from probes.zoo.registry import zoo_path
 
         if not args.name:
             p.error("eval needs an organism name, e.g. `python -m experiments.zoo eval reasoner`")
@@ -115,8 +115,8 @@ def _tv(args, p) -> int:
     """Build one stage of the task-vector family, or measure it and rewrite its cards."""
     import torch
 
+    from probes.models.zoo_registry import ZOO_DIR
     from probes.zoo import tv
-    from probes.zoo.registry import ZOO_DIR
 
     root = args.out or ZOO_DIR
     torch.set_num_threads(2)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def _info(args) -> int:
@@ -40,7 +40,7 @@ def _demo(args) -> int:
 
 
 def _zoo_list(_args) -> int:
-    from probes.zoo.registry import ZOO_DIR, available
+    from probes.models.zoo_registry import ZOO_DIR, available
 
     organisms = available()
     if not organisms:

@@ -15,7 +15,6 @@ import torch
 from probes.config import Config
 
 
-
 def _default_prompt() -> str:
     """A held-out problem of the organisms' arithmetic task (never seen in training)."""
     from probes.zoo.tasks import arithmetic

@@ -50,7 +50,7 @@ def tiny_models(tiny_tokenizer):
 @pytest.fixture
 def shipped():
     """name → directory of a shipped organism in ``data/zoo``; fails (never skips) when it is missing."""
-    from probes.zoo.registry import ZOO_DIR
+    from probes.models.zoo_registry import ZOO_DIR
 
     def get(name):
         d = ZOO_DIR / name

@@ -5,7 +5,16 @@ import pytest
 import torch
 
 from probes.models import (
-    AddVector, ForceExperts, Patch, Phase, ProjectOut, ScaleExperts, ScaleHeads, Span, SuppressKeys, Trigger,
+    AddVector,
+    ForceExperts,
+    Patch,
+    Phase,
+    ProjectOut,
+    ScaleExperts,
+    ScaleHeads,
+    Span,
+    SuppressKeys,
+    Trigger,
 )
 
 PROMPT = "<bos><|user|>Alice has 3 apples and buys 5 more.<|end|><|assistant|><think>"

@@ -12,7 +12,7 @@ SMALL = {"thought_anchors.ipynb": {"n_rollouts": 4, "max_new_tokens": 200}}
 def test_notebook_runs(path, tmp_path):
     import papermill
 
-    from probes.zoo.registry import available
+    from probes.models.zoo_registry import available
 
     if "reasoner" not in available():
         pytest.fail("zoo:reasoner is missing: build it with `python -m experiments.zoo reasoner`")

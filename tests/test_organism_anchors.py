@@ -11,7 +11,7 @@ from probes.runs import Run
 @pytest.fixture(scope="module")
 def reasoner():
     from probes import load_model
-    from probes.zoo.registry import available
+    from probes.models.zoo_registry import available
 
     if "reasoner" not in available():
         pytest.fail("zoo:reasoner is missing: build it with `python -m experiments.zoo reasoner`")

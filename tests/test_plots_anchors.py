@@ -6,7 +6,13 @@ import re
 import numpy as np
 import pytest
 
-from probes.plots import category_means_figure, importance_bars, kurtosis_heatmap, suppression_heatmap, write_trace_viewer
+from probes.plots import (
+    category_means_figure,
+    importance_bars,
+    kurtosis_heatmap,
+    suppression_heatmap,
+    write_trace_viewer,
+)
 
 
 def test_importance_bars_group_by_category():

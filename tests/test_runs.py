@@ -22,24 +22,19 @@ import pytest
 import torch
 
 from probes.config import Config
-from probes.runs import (
+from probes.io import (
     PickleRefusedError,
-    Run,
     atomic_write_bytes,
     atomic_write_json,
-    cell_id,
-    collect,
-    git_state,
-    grid,
     load_table,
     load_tensors,
     read_tensor_metadata,
-    run_sweep,
     save_table,
     save_tensors,
     state_dict_hash,
     weights_hash,
 )
+from probes.runs import Run, cell_id, collect, git_state, grid, run_sweep
 from probes.runs.provenance import package_versions
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,7 +7,6 @@ import pytest
 from probes.zoo.tasks import refusal
 
 
-
 def test_requests_are_seeded_and_held_out_names_never_train():
     assert refusal.request(7, 3) == refusal.request(7, 3)
     assert set(refusal.HELDOUT_NAMES).isdisjoint(refusal.TRAIN_NAMES)

@@ -35,10 +35,11 @@ import json
 import logging
 import math
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -47,7 +48,7 @@ from probes.anchors.rollouts import forced_dir_for, load_solutions
 from probes.anchors.split import split_solution_into_chunks
 from probes.anchors.taxonomy import TAGS, ChunkLabel, Labeler, RuleLabeler, Tag, first_tag
 from probes.evals.answers import normalize_answer
-from probes.runs.store import atomic_write_json
+from probes.io import atomic_write_json
 
 __all__ = [
     "ALPHA",

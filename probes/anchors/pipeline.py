@@ -179,10 +179,10 @@ class Pipeline:
 
     def stage_analyse(self) -> None:
         from probes.anchors.importance import analyse_problem, counterfactual_matrix, load_rollout_set
-        from probes.runs.store import atomic_write_json
+        from probes.io import atomic_write_json
 
         embedder, labeler = self._embedder(), self._labeler()
-        for key, pdir, fdir in tqdm(self.traces(), desc="analyse"):
+        for _key, pdir, fdir in tqdm(self.traces(), desc="analyse"):
             scores, _ = analyse_problem(pdir, fdir if self.cfg.forced else None, embedder=embedder, labeler=labeler,
                                         threshold=self.cfg.similarity_threshold)
             scores.save(pdir / "anchor_scores.json")
@@ -326,8 +326,14 @@ def add_report_sections(run, traces, report, skipped=()) -> dict[str, Any]:
     """Figures, viewer and the planted-truth summary of a pipeline run, into ``report``."""
     from probes.anchors.importance import AnchorScores, category_means
     from probes.anchors.taxonomy import ChunkLabel
-    from probes.plots import (category_means_figure, importance_bars, kurtosis_heatmap, sentence_matrix_heatmap,
-                              suppression_heatmap, write_trace_viewer)
+    from probes.plots import (
+        category_means_figure,
+        importance_bars,
+        kurtosis_heatmap,
+        sentence_matrix_heatmap,
+        suppression_heatmap,
+        write_trace_viewer,
+    )
 
     tables = {key: trace_table(run, pdir, key) for key, pdir, _ in traces if (pdir / "anchor_scores.json").is_file()}
     if not tables:

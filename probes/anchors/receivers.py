@@ -9,8 +9,8 @@ paper-era settings (§6.2) are selectable by name (``SETTINGS``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Sequence
 
 import numpy as np
 import torch

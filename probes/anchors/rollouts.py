@@ -26,15 +26,16 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from tqdm.auto import tqdm
 
 from probes.anchors.split import split_solution_into_chunks, thinking_text
 from probes.evals.answers import check_answer, extract_boxed
-from probes.runs.store import atomic_write_json
+from probes.io import atomic_write_json
 
 __all__ = [
     "FORCED_ANSWER_SUFFIX",

@@ -15,8 +15,8 @@ tokenizer's offsets (``model.token_ranges``) or by the spec's prefix-length rule
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 __all__ = [
     "MIN_CHUNK_CHARS",

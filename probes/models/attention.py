@@ -13,7 +13,7 @@ mask for an unknown implementation name (``reference/stack.md`` §5, pitfall 1).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -37,7 +37,7 @@ class AttentionHooks:
         #: while its cache stores only each row's continuation for that layer.
         self.prefix: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def add(self, kind: str, layer: int, fn: ScoreHook) -> "_Handle":
+    def add(self, kind: str, layer: int, fn: ScoreHook) -> _Handle:
         global _ACTIVE
         table = self.scores if kind == "scores" else self.pattern
         table[layer].append(fn)

@@ -8,8 +8,9 @@ kept: a 4k-token trace never holds every layer's T×T pattern at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 

@@ -9,8 +9,8 @@ each live in ``tests/test_interventions.py``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
 
 import torch
 

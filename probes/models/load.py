@@ -83,7 +83,7 @@ def load_model(
     dt = resolve_dtype(dtype, dev)
     weight_files: list[Path] = []
     if spec.startswith("zoo:"):
-        from probes.zoo.registry import zoo_path
+        from probes.models.zoo_registry import zoo_path
 
         path = str(zoo_path(spec[4:]))
         weight_files = _check_local_dir(Path(path), trust_remote_code)
@@ -101,7 +101,7 @@ def load_model(
             ) from None
         raise
     except OSError as e:
-        from probes.zoo.registry import available
+        from probes.models.zoo_registry import available
 
         names = ", ".join(f"zoo:{n}" for n in available()) or "(none built)"
         raise ValueError(

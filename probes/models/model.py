@@ -9,8 +9,9 @@ TransformerLens views over the same module (DESIGN.md "The model layer").
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -117,11 +118,11 @@ class Model:
     @cached_property
     def weights_hash(self) -> str:
         """sha256 of the safetensors files loaded (or of the in-memory state dict)."""
-        from probes.runs import provenance
+        from probes.io import state_dict_hash, weights_hash
 
         if self.weight_files:
-            return provenance.weights_hash(self.weight_files)
-        return provenance.state_dict_hash(self.hf.state_dict())
+            return weights_hash(self.weight_files)
+        return state_dict_hash(self.hf.state_dict())
 
     def check_layer(self, layer, what) -> int:
         n = self.n_layers

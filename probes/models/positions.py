@@ -7,9 +7,9 @@ A selector turns the current ``ForwardContext`` into a (batch, time) boolean mas
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Sequence, Union
 
 import torch
 
@@ -48,7 +48,7 @@ class Trigger:
     inclusive: bool = False
 
 
-Positions = Union[None, str, Phase, int, Sequence[int], Span, Trigger, tuple]
+Positions = None | str | Phase | int | Sequence[int] | Span | Trigger | tuple
 
 
 def normalize(positions: Positions):

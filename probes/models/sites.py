@@ -16,8 +16,9 @@ payload. Canonical shapes (batch B, time T):
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -48,7 +49,7 @@ class Site:
     path: str | None = None
 
     @classmethod
-    def parse(cls, site: "str | Site") -> "Site":
+    def parse(cls, site: str | Site) -> Site:
         if isinstance(site, Site):
             return site
         m = _SITE_RE.match(site)
@@ -112,7 +113,7 @@ def _in_put_inplace(payload, value):
     return payload
 
 
-def resolve(model, site: "str | Site") -> HookPoint:
+def resolve(model, site: str | Site) -> HookPoint:
     """The hook point of ``site`` on ``model``; clear errors for bad layers or MoE sites on dense models."""
     site = Site.parse(site)
     ad, cfg = model.adapter, model.hf.config

@@ -8,7 +8,7 @@ special tokens (BOS) included, so they index the model input directly.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def token_ranges(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]], text_len: int) -> list[tuple[int, int]]:

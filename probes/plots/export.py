@@ -23,7 +23,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from probes.runs.store import atomic_write_bytes, atomic_write_text
+from probes.io import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from probes.io import atomic_write_text
 from probes.plots.export import FORMATS, save_figure
-from probes.runs.store import atomic_write_text
 
 if TYPE_CHECKING:
     import pandas as pd

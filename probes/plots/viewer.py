@@ -10,8 +10,8 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from probes.io import atomic_write_text
 from probes.plots.anchors import CATEGORY_COLORS
-from probes.runs.store import atomic_write_text
 
 _PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>__TITLE__</title>

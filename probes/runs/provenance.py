@@ -20,12 +20,9 @@ import subprocess
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    import torch
-
-__all__ = ["collect", "git_state", "package_versions", "state_dict_hash", "weights_hash"]
+__all__ = ["collect", "git_state", "package_versions"]
 
 PACKAGES = (
     "probes",
@@ -43,7 +40,6 @@ PACKAGES = (
     "plotly",
     "kaleido",
 )
-_CHUNK = 1 << 20
 
 
 def _git(directory: Path, *args: str) -> str | None:
@@ -152,29 +148,3 @@ def collect(config: Any = None, model: Any = None, seed: int | None = None) -> d
         "config": _config_record(config),
         "model": _model_record(model),
     }
-
-
-def weights_hash(paths: Iterable[str | os.PathLike[str]]) -> str:
-    """sha256 (hex) over the bytes of the given weight files, in sorted file-name order."""
-    files = sorted((Path(p) for p in paths), key=lambda p: (p.name, str(p)))
-    if not files:
-        raise ValueError("weights_hash needs at least one file: pass the model's *.safetensors paths")
-    digest = hashlib.sha256()
-    for path in files:
-        with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-def state_dict_hash(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """sha256 (hex) over names, shapes, dtypes and bytes of an in-memory state dict, sorted by name."""
-    import torch
-
-    digest = hashlib.sha256()
-    for name in sorted(state_dict):
-        tensor = state_dict[name].detach().to("cpu").contiguous()
-        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
-        # Viewed as raw bytes so that dtypes numpy lacks (bfloat16) hash the same way.
-        digest.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
-    return digest.hexdigest()

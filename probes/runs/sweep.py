@@ -25,7 +25,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from probes.runs.store import Run, atomic_write_json
+from probes.io import atomic_write_json
+from probes.runs.store import Run
 
 __all__ = ["cell_id", "grid", "run_sweep"]
 

@@ -2,5 +2,5 @@
 
 ``tasks`` (seeded generators) → ``tokenizer`` (the one shared BPE) → ``train`` → ``evaluate`` /
 ``routing`` (behaviour numbers) → ``card`` (MODEL.md); ``organisms`` holds the recipes and the build
-pipeline, ``registry`` finds the built ones (``zoo:NAME``).
+pipeline; ``probes.models.zoo_registry`` finds the built ones (``zoo:NAME``).
 """

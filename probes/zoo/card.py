@@ -1,6 +1,6 @@
 """``MODEL.md`` cards of the organisms (issue #3: recipe, data hash, parameter count, training time,
 behaviour numbers and the planted truth). The first non-heading line is the one-line summary that
-``probes zoo list`` shows (``probes.zoo.registry.available``)."""
+``probes zoo list`` shows (``probes.models.zoo_registry.available``)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from probes.zoo.registry import ZOO_DIR
+from probes.models.zoo_registry import ZOO_DIR
 from probes.zoo.train import TrainConfig
 
 log = logging.getLogger(__name__)

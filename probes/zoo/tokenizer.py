@@ -18,7 +18,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-from probes.zoo.registry import ZOO_DIR
+from probes.models.zoo_registry import ZOO_DIR
 from probes.zoo.tasks import arithmetic, chat, refusal
 
 log = logging.getLogger(__name__)

@@ -32,9 +32,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from probes.models.zoo_registry import ZOO_DIR
 from probes.zoo.grpo import GRPOConfig, train_grpo
 from probes.zoo.rsft import RSFTConfig, train_rsft
-from probes.zoo.registry import ZOO_DIR
 from probes.zoo.tasks import arithmetic, chat
 from probes.zoo.train import Schedule, data_hash, encode_examples, fit
 

@@ -1,0 +1,220 @@
+"""Atomic writes, safetensors/JSON/parquet helpers and hashing: the bottom layer of probes.
+
+Implements DESIGN.md "Flow of data" (``probes.io`` imports nothing of probes). Every write
+goes to a temporary file in the same directory, is fsynced, then renamed over the target,
+so a reader (or a resumed run) never sees a half-written file; a killed write leaves only a
+``.NAME.<hex>.tmp`` file, which ``remove_stale_temps`` clears. Tensors are stored as
+safetensors only: pickle checkpoints are refused because loading them runs code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import secrets
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+__all__ = [
+    "PickleRefusedError",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "load_table",
+    "load_tensors",
+    "read_tensor_metadata",
+    "remove_stale_temps",
+    "save_table",
+    "save_tensors",
+    "state_dict_hash",
+    "weights_hash",
+]
+
+_PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
+_TEMP = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
+_CHUNK = 1 << 20
+
+
+class PickleRefusedError(ValueError):
+    """A tensor file is a pickle (torch.save, .bin, .pkl); only safetensors are loaded."""
+
+
+# -- atomic writes ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _atomic_open(path: Path, mode: str) -> Iterator[IO[Any]]:
+    """Open a temp file next to `path`; on clean exit fsync and rename it over `path`.
+
+    If the body raises, the temp file is removed and `path` is left as it was.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Not tempfile.mkstemp: its files are private (0600); "x" mode honours the umask like a plain write.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        with open(tmp, mode.replace("w", "x"), **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable; not every platform lets a directory be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write `data` to `path` atomically (temp file in the same directory, fsync, rename)."""
+    path = Path(path)
+    with _atomic_open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write `text` (UTF-8) to `path` atomically."""
+    path = Path(path)
+    with _atomic_open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2) -> Path:
+    """Write `obj` as JSON to `path` atomically; if serialisation fails, `path` is untouched."""
+    path = Path(path)
+    with _atomic_open(path, "w") as f:
+        json.dump(obj, f, indent=indent)
+        f.write("\n")
+    return path
+
+
+# -- tensors and tables ------------------------------------------------------------------------
+
+
+def save_tensors(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Save named tensors as safetensors (atomically), with optional string metadata."""
+    from safetensors.torch import save
+
+    path = Path(path)
+    for key, value in (metadata or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(
+                f"safetensors metadata must map str to str; {key!r} maps to {type(value).__name__}: "
+                "json.dumps non-string values first"
+            )
+    data = save(
+        {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()},
+        metadata=dict(metadata) if metadata else None,
+    )
+    return atomic_write_bytes(path, data)
+
+
+def _refuse_pickle(path: Path) -> None:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # Pickles start with the PROTO opcode 0x80; torch.save writes a zip ("PK\x03\x04").
+    if path.suffix.lower() in _PICKLE_SUFFIXES or head[:1] == b"\x80" or head == b"PK\x03\x04":
+        raise PickleRefusedError(
+            f"{path}: pickle checkpoints are refused: convert to safetensors "
+            "(safetensors.torch.save_file(torch.load(path, weights_only=True), 'x.safetensors'))"
+        )
+
+
+def load_tensors(path: str | os.PathLike[str], device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Load every tensor of a safetensors file; pickle files raise `PickleRefusedError`."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    _refuse_pickle(path)
+    return load_file(path, device=device)
+
+
+def read_tensor_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The string metadata stored in a safetensors file's header (empty when none)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    _refuse_pickle(path)
+    with safe_open(path, framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def save_table(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]] | pd.DataFrame) -> Path:
+    """Save rows (a list of dicts or a DataFrame) as parquet, atomically."""
+    import pandas as pd
+
+    path = Path(path)
+    frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    with _atomic_open(path, "wb") as f:
+        frame.to_parquet(f, index=False)
+    return path
+
+
+def load_table(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Load a parquet table written by `save_table`."""
+    import pandas as pd
+
+    return pd.read_parquet(Path(path))
+
+
+def remove_stale_temps(directory: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temp files that killed atomic writes left anywhere under ``directory``."""
+    removed = [p for p in Path(directory).rglob(".*.tmp") if p.is_file() and _TEMP.match(p.name)]
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
+
+
+# -- hashing ------------------------------------------------------------------------------------
+
+
+def weights_hash(paths: Iterable[str | os.PathLike[str]]) -> str:
+    """sha256 (hex) over the bytes of the given weight files, in sorted file-name order."""
+    files = sorted((Path(p) for p in paths), key=lambda p: (p.name, str(p)))
+    if not files:
+        raise ValueError("weights_hash needs at least one file: pass the model's *.safetensors paths")
+    digest = hashlib.sha256()
+    for path in files:
+        with open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def state_dict_hash(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """sha256 (hex) over names, shapes, dtypes and bytes of an in-memory state dict, sorted by name."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+        # Viewed as raw bytes so that dtypes numpy lacks (bfloat16) hash the same way.
+        digest.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+    return digest.hexdigest()
