@@ -12,6 +12,14 @@ def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", help="run slow tests (full retraining, big sweeps)")
 
 
+TIERS = ("unit", "organism", "parity", "notebooks")  # DESIGN.md "Testing tiers": one folder each
+
+
+def _tier(nodeid: str) -> str:
+    parts = nodeid.split("/")
+    return parts[1] if len(parts) > 2 and parts[0] == "tests" and parts[1] in TIERS else "other"
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 
@@ -22,6 +30,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_slow)
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
+        item.add_marker(getattr(pytest.mark, _tier(item.nodeid)))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line per tier, so CI shows which tier failed."""
+    counts: dict[str, dict[str, int]] = {}
+    for outcome in ("passed", "failed", "error", "skipped"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if getattr(report, "when", "call") in ("call", "setup") or outcome == "skipped":
+                tier = counts.setdefault(_tier(report.nodeid), {})
+                tier[outcome] = tier.get(outcome, 0) + 1
+    terminalreporter.section("tiers")
+    for tier in (*TIERS, "other"):
+        if tier in counts:
+            terminalreporter.write_line(f"{tier:>10}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts[tier].items())))
 
 
 @pytest.fixture(scope="session")

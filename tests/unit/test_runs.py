@@ -37,7 +37,7 @@ from probes.io import (
 from probes.runs import Run, cell_id, collect, git_state, grid, run_sweep
 from probes.runs.provenance import package_versions
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # -- atomic writes --------------------------------------------------------------------------------
