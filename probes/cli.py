@@ -10,6 +10,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from probes.harness import run_cli
+
 
 def _info(args) -> int:
     from probes.models.load import load_model
@@ -31,12 +33,13 @@ def _info(args) -> int:
 
 
 def _demo(args) -> int:
-    from probes.demo import DemoConfig, run_demo
+    from experiments.demo import EXPERIMENT
 
-    cfg = DemoConfig.from_argparse(args)
-    path = run_demo(cfg)
-    print(f"report: {path}")
-    return 0
+    def go():
+        ctx = EXPERIMENT.run(EXPERIMENT.config.from_argparse(args))
+        print(f"run: {ctx.run.path}\nreport: {ctx.run.path / 'report.html'}")
+
+    return run_cli("probes demo", go, args.debug)
 
 
 def _zoo_list(_args) -> int:
@@ -53,7 +56,7 @@ def _zoo_list(_args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from probes.demo import DemoConfig
+    from experiments.demo import DemoConfig
 
     p = argparse.ArgumentParser(prog="probes", description="Interpretability and steering workbench for reasoning models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -64,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(fn=_info)
     demo = sub.add_parser("demo", help="run the demo on the default organism and write an HTML report")
     DemoConfig.add_to_argparse(demo)
+    demo.add_argument("--debug", action="store_true", help="show the traceback of an error")
     demo.set_defaults(fn=_demo)
     zoo = sub.add_parser("zoo", help="the bundled model organisms")
     zsub = zoo.add_subparsers(dest="zoo_command", required=True)

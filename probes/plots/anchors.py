@@ -40,9 +40,11 @@ def _wrap(text: str, width: int = 60) -> str:
 
 
 def importance_bars(
-    scores: Sequence[float], categories: Sequence[str], sentences: Sequence[str], metric: str, title: str | None = None
+    scores: Sequence[float], categories: Sequence[str], sentences: Sequence[str], metric: str, title: str | None = None,
+    text_width: int = 32,
 ) -> go.Figure:
-    """One bar per sentence (x = index), coloured by its category; hover shows the sentence."""
+    """One bar per sentence, coloured by its category; the axis shows each sentence's index and
+    opening words (``text_width`` characters, 0 for the index only), hover the whole sentence."""
     import plotly.graph_objects as go
 
     y = to_numpy(scores)
@@ -58,6 +60,10 @@ def importance_bars(
         )
     fig.update_layout(title=title or metric, xaxis_title="sentence", yaxis_title=metric, barmode="overlay",
                       legend_title="category", bargap=0.1)
+    if text_width:
+        ticks = [f"{i}: {s if len(s) <= text_width else s[: text_width - 1] + '…'}"
+                 for i, s in enumerate(" ".join(t.split()) for t in sentences)]
+        fig.update_xaxes(tickmode="array", tickvals=list(range(len(ticks))), ticktext=ticks, tickangle=-45)
     return fig
 
 

@@ -79,8 +79,9 @@ class Run:
         """Make `<root>/<experiment>/<run-id>/` with `config.json` and `provenance.json`.
 
         `root` defaults to `runs_root()`; `run_id` to a UTC timestamp plus a random suffix.
-        `config.json` is `{"passed": ..., "resolved": ..., "class": ...}`: for a `Config`, what
-        the user gave and the full config with defaults; a plain mapping is both.
+        `config.json` is `{"passed": ..., "resolved": ..., "class": ..., "experiment": ...}`: for a
+        `Config`, what the user gave and the full config with defaults; a plain mapping is both.
+        `experiment` there tells a resume which experiment wrote the run.
         """
         root = Path(root) if root is not None else runs_root()
         path = root / _check_name("experiment", experiment) / _check_name("run id", run_id or _new_run_id())
@@ -98,6 +99,7 @@ class Run:
         else:
             plain = dict(config or {})
             record = {"passed": plain, "resolved": plain, "class": None}
+        record["experiment"] = experiment
         atomic_write_json(path / cls.CONFIG, record)
         atomic_write_json(path / cls.PROVENANCE, collect_provenance(config=config, model=model, seed=seed))
         return run

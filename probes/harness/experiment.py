@@ -1,0 +1,223 @@
+"""One experiment harness: stages over a run directory that resume as configured.
+
+Implements DESIGN.md "Flow of data" (harness) and "Results, runs and figures". An
+experiment module declares an ``Experiment``: its config class (an ``ExperimentConfig``),
+a ``prepare`` function that validates every input before anything is loaded or created,
+a model loader, and its ``Stage`` functions in order. The harness gives every experiment:
+
+* resume: ``run_dir`` reopens a run with the config stored in its ``config.json``; a field
+  that contradicts it is refused, naming the fields, unless ``override`` is set, and each
+  override is recorded in ``config.json`` with the time and the old value. Fields marked
+  ``session`` (stages, device, output formats, …) may differ between sessions;
+* completion markers: a unit of work is done only when its marker
+  ``done/<stage>/<unit>.json`` exists, written last; a stage's own marker
+  ``done/<stage>.json`` follows its units. Work without a marker is redone;
+* stale temp files from killed writes are removed when a run is reopened;
+* ``summary.json`` lists every damaged, missing or partial artifact the experiment's
+  ``audit`` finds, whatever stages ran, with what to do about it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from probes.config import Config
+from probes.io import atomic_write_json, remove_stale_temps
+from probes.runs import Run
+
+__all__ = ["Context", "Experiment", "ExperimentConfig", "HarnessError", "Issue", "Stage", "session_field"]
+
+log = logging.getLogger(__name__)
+
+DONE = "done"
+
+
+class HarnessError(ValueError):
+    """A run cannot start or resume as asked; the message says what to do."""
+
+
+def session_field(default: Any = dataclasses.MISSING, *, help: str, **kw) -> Any:
+    """A config field that belongs to one session, not to the run's results (may differ on resume)."""
+    return field(default=default, metadata={"help": help, "session": True}, **kw)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExperimentConfig(Config):
+    """Fields every experiment has; subclasses add theirs and a ``stages`` field."""
+
+    run_dir: str | None = session_field(None, help="existing run directory to resume (its stored config is used)")
+    runs_root: str | None = session_field(None, help="runs directory (default $PROBES_RUNS or ./runs)")
+    override: bool = session_field(False, help="on resume, accept fields that differ from the stored config "
+                                               "(recorded in config.json with the time and the old value)")
+
+    @classmethod
+    def session_fields(cls) -> frozenset[str]:
+        return frozenset(f.name for f in cls.fields() if f.metadata.get("session"))
+
+
+@dataclass(frozen=True)
+class Issue:
+    """A damaged, missing or partial artifact: where, what is wrong, what to do, what it changes."""
+
+    path: str
+    problem: str
+    action: str
+    affects: str = ""
+
+    def line(self) -> str:
+        return f"{self.path}: {self.problem}. {self.action}" + (f" ({self.affects})" if self.affects else "")
+
+
+@dataclass
+class Context:
+    """What a stage sees: the config, inputs, run, the model (loaded on first use) and markers."""
+
+    experiment: Experiment
+    cfg: ExperimentConfig
+    inputs: Any
+    run: Run
+    model_: Any = None
+    notes: list[str] = field(default_factory=list)
+    """Work a stage could not do (e.g. no correct base trace found): shown in the summary."""
+
+    @property
+    def model(self) -> Any:
+        if self.model_ is None:
+            self.model_ = self.experiment.load_model(self.cfg)
+        return self.model_
+
+    def _marker(self, stage: str, unit: str | None = None) -> Path:
+        return self.run.path / DONE / (f"{stage}.json" if unit is None else f"{stage}/{unit}.json")
+
+    def done(self, stage: str, unit: str | None = None) -> bool:
+        """Whether ``unit`` of ``stage`` (or the whole stage) finished: its marker exists."""
+        return self._marker(stage, unit).is_file()
+
+    def run_stage(self, name: str) -> Any:
+        """Run stage ``name`` (its finished units are skipped), then write its marker."""
+        log.info("stage %s", name)
+        result = self.experiment.stage(name).fn(self)
+        self.mark(name)
+        return result
+
+    def mark(self, stage: str, unit: str | None = None, **record: Any) -> None:
+        """Write the completion marker of ``unit`` (or of the stage); call it after the unit's last write."""
+        now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+        atomic_write_json(self._marker(stage, unit), {"finished_utc": now, **record})
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One named step; ``fn(ctx)`` skips the units whose markers exist."""
+
+    name: str
+    fn: Callable[[Context], Any]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """An experiment: ``prepare(cfg)`` validates inputs (no model, no directory), ``load_model(cfg)``,
+    the stages in order, ``audit(ctx)`` lists damaged artifacts and ``summarize(ctx, issues)`` the
+    experiment's own summary (merged into ``summary.json``)."""
+
+    name: str
+    config: type[ExperimentConfig]
+    stages: Sequence[Stage]
+    load_model: Callable[[ExperimentConfig], Any]
+    prepare: Callable[[ExperimentConfig], Any] = lambda cfg: None
+    audit: Callable[[Context], list[Issue]] = lambda ctx: []
+
+    def stage(self, name: str) -> Stage:
+        try:
+            return next(s for s in self.stages if s.name == name)
+        except StopIteration:
+            raise HarnessError(f"{self.name} has no stage {name!r}: choose from "
+                               f"{', '.join(s.name for s in self.stages)}") from None
+
+    # -- run directory ----------------------------------------------------------------------
+
+    def resolve(self, cfg: ExperimentConfig) -> tuple[ExperimentConfig, list[dict[str, Any]]]:
+        """For a resume, the stored config with this session's fields (and accepted overrides)."""
+        if cfg.run_dir is None:
+            return cfg, []
+        path = Path(cfg.run_dir)
+        record = _stored_record(path)
+        kind = record.get("experiment") or path.parent.name
+        if kind != self.name:
+            raise HarnessError(f"{path} is a run of {kind!r}, not {self.name!r}: pass a run directory of this "
+                               "experiment, or leave --run-dir out to start a new run")
+        stored = record["resolved"]
+        session = self.config.session_fields()
+        passed = cfg.passed()
+        differ = {k: (stored.get(k), v) for k, v in passed.items() if k not in session and stored.get(k) != v}
+        if differ and not cfg.override:
+            names = ", ".join(f"{k} (stored {old!r}, given {new!r})" for k, (old, new) in differ.items())
+            raise HarnessError(f"{path} was configured with other values: {names}. Leave these flags out to resume "
+                               "as configured, or pass --override to change them (recorded in config.json)")
+        now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+        overrides = [{"time_utc": now, "field": k, "old": old, "new": new} for k, (old, new) in differ.items()]
+        merged = {**{k: v for k, v in stored.items() if k in {f.name for f in self.config.fields()}},
+                  **{k: v for k, v in passed.items() if k in session}, **{k: new for k, (_, new) in differ.items()}}
+        merged["run_dir"] = str(path)
+        return self.config.from_dict(merged), overrides
+
+    def open_run(self, cfg: ExperimentConfig, overrides: list[dict[str, Any]], model: Any) -> Run:
+        if cfg.run_dir is None:
+            return Run.create(self.name, cfg, root=cfg.runs_root, model=model, seed=getattr(cfg, "seed", None))
+        run = Run.open(cfg.run_dir)
+        for p in remove_stale_temps(run.path):
+            log.info("removed %s, left by a killed write", p)
+        if overrides:
+            record = run.load_json(Run.CONFIG)
+            record["overrides"] = record.get("overrides", []) + overrides
+            record["resolved"] = cfg.to_dict()
+            run.save_json(Run.CONFIG, record)
+        return run
+
+    # -- running ----------------------------------------------------------------------------
+
+    def run(self, cfg: ExperimentConfig, model: Any = None) -> Context:
+        """Validate, then create or resume the run and run the configured stages in order."""
+        cfg, overrides = self.resolve(cfg)
+        inputs = self.prepare(cfg)
+        if cfg.run_dir is None and model is None:
+            model = self.load_model(cfg)  # provenance of a new run records the weights
+        run = self.open_run(cfg, overrides, model)
+        ctx = Context(self, cfg, inputs, run, model)
+        order = [s.name for s in self.stages]
+        for name in sorted(cfg.stages, key=order.index):
+            ctx.run_stage(name)
+        self.write_summary(ctx)
+        return ctx
+
+    def write_summary(self, ctx: Context, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """``summary.json``: stages done, notes, and every issue the audit finds (plus ``extra``)."""
+        issues = self.audit(ctx)
+        previous = ctx.run.load_json("summary") if ctx.run.artifact("summary.json").is_file() else {}
+        summary = {**previous, **(extra or {}), "experiment": self.name,
+                   "stages_done": [s.name for s in self.stages if ctx.done(s.name)],
+                   "notes": list(ctx.notes), "issues": [dataclasses.asdict(i) for i in issues]}
+        ctx.run.save_json("summary", summary)
+        for issue in issues:
+            log.warning("%s", issue.line())
+        return summary
+
+
+def _stored_record(path: Path) -> dict[str, Any]:
+    cfg_file = path / Run.CONFIG
+    if not cfg_file.is_file():
+        raise HarnessError(f"{path} is not a run directory (no {Run.CONFIG}): check the path, or leave --run-dir out "
+                           "to start a new run")
+    try:
+        record = json.loads(cfg_file.read_text(encoding="utf-8"))
+        record["resolved"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise HarnessError(f"{cfg_file} is damaged ({e}): the run cannot be resumed; start a new run") from None
+    return record
