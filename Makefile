@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup demo test chromium bench
+.PHONY: setup demo test lint chromium bench
 
 setup: $(VENV)/.installed chromium
 
@@ -27,6 +27,11 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/pytest -q
+
+# ruff, and import-linter's layer contract (pyproject.toml): a method package importing upward fails
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 bench: setup
 	$(PY) benchmarks/sampling.py
