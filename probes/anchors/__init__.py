@@ -5,7 +5,10 @@
 * ``rollouts``: resampling and forced-answer rollouts in the math-rollouts layout (§3);
 * ``embed``: sentence embedders for the semantic filter (all-MiniLM-L6-v2, hashing);
 * ``importance``: resampling / counterfactual / forced importance, the sentence→sentence
-  matrix, the convergence filter and category means (§4, §5).
+  matrix, the convergence filter and category means (§4, §5); ``compat="released"``
+  mirrors the released code's edge cases (``Compat``);
+* ``receivers``: receiver heads (§6), settings chosen by name (``ReceiverSettingsName``);
+* ``suppression``: attention suppression (§7).
 
 Names below resolve on first use, so importing this package loads nothing heavy.
 """
@@ -42,11 +45,16 @@ _EXPORTS = {
     "run_rollouts": "rollouts",
     "sample_base_solution": "rollouts",
     "write_trace": "rollouts",
+    "EMBEDDERS": "embed",
     "Embedder": "embed",
+    "EmbedderName": "embed",
     "HashingEmbedder": "embed",
     "MiniLMEmbedder": "embed",
+    "make_embedder": "embed",
     "AnchorScores": "importance",
     "CategoryMean": "importance",
+    "COMPAT_MODES": "compat",
+    "Compat": "compat",
     "METRICS": "importance",
     "RolloutSet": "importance",
     "analyse_problem": "importance",
@@ -57,6 +65,12 @@ _EXPORTS = {
     "counterfactual_matrix": "importance",
     "load_rollout_set": "importance",
     "write_chunks_labeled": "importance",
+    "ReceiverSettings": "receivers",
+    "ReceiverSettingsName": "receivers",
+    "TraceReceivers": "receivers",
+    "analyse_trace": "receivers",
+    "SuppressionResult": "suppression",
+    "attention_suppression": "suppression",
 }
 
 __all__ = sorted(_EXPORTS)

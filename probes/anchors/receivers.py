@@ -9,11 +9,42 @@ paper-era settings (§6.2) are selectable by name (``SETTINGS``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import torch
+
+from probes.anchors._artifact import load_artifact, save_artifact
+
+__all__ = [
+    "PAPER_ERA",
+    "PAPER_ERA_LLAMA",
+    "RELEASED",
+    "SETTINGS",
+    "SETTINGS_NAMES",
+    "ReceiverSettings",
+    "ReceiverSettingsName",
+    "TraceReceivers",
+    "analyse_trace",
+    "averaging_matrix",
+    "block_bounds",
+    "head_kurtosis",
+    "receiver_scores",
+    "select_receiver_heads",
+    "sentence_attention",
+    "settings",
+    "split_half_reliability",
+    "vertical_scores",
+]
+
+ReceiverSettingsName = Literal["released", "paper-era", "paper-era-llama"]
+"""Names of the receiver-head settings: §6.1 (``released``) and §6.2 (``paper-era``,
+``paper-era-llama``), for configs."""
+SETTINGS_NAMES: tuple[str, ...] = get_args(ReceiverSettingsName)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,10 +84,11 @@ PAPER_ERA = ReceiverSettings(
     top_k=32, max_nan_fraction=0.5, score_proximity_ignore=4, score_nan_last=8, max_tokens=3744,
 )
 PAPER_ERA_LLAMA = replace(PAPER_ERA, name="paper-era-llama", score_proximity_ignore=8, top_k=64)
-SETTINGS = {s.name: s for s in (RELEASED, PAPER_ERA, PAPER_ERA_LLAMA)}
+SETTINGS: dict[str, ReceiverSettings] = {s.name: s for s in (RELEASED, PAPER_ERA, PAPER_ERA_LLAMA)}
 
 
-def settings(name: str | ReceiverSettings) -> ReceiverSettings:
+def settings(name: ReceiverSettingsName | ReceiverSettings) -> ReceiverSettings:
+    """The settings called ``name`` (one of ``SETTINGS_NAMES``); a ``ReceiverSettings`` passes through."""
     if isinstance(name, ReceiverSettings):
         return name
     try:
@@ -180,14 +212,29 @@ def split_half_reliability(kurtoses: Sequence[np.ndarray]) -> float:
 @dataclass(frozen=True)
 class TraceReceivers:
     """Per-trace receiver-head quantities: vertical scores for head selection and for
-    sentence scoring (layers × heads × n) and per-head kurtosis (layers × heads)."""
+    sentence scoring (layers × heads × n) and per-head kurtosis (layers × heads), with the
+    name of the settings that made them (§8: record it)."""
 
     v_select: np.ndarray
     v_score: np.ndarray
     kurtosis: np.ndarray
+    settings: str = ""
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``<path>.safetensors`` (the arrays) and ``<path>.json`` (the settings name)."""
+        arrays = {"v_select": self.v_select, "v_score": self.v_score, "kurtosis": self.kurtosis}
+        return save_artifact(path, "TraceReceivers", arrays, {"settings": self.settings})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> TraceReceivers:
+        arrays, fields = load_artifact(path, "TraceReceivers")
+        return cls(v_select=arrays["v_select"], v_score=arrays["v_score"], kurtosis=arrays["kurtosis"],
+                   settings=str(fields.get("settings", "")))
 
 
-def analyse_trace(model, input_ids, token_spans, cfg: str | ReceiverSettings = "released") -> TraceReceivers:
+def analyse_trace(
+    model, input_ids, token_spans, cfg: ReceiverSettingsName | ReceiverSettings = "released"
+) -> TraceReceivers:
     """Sentence attention → vertical scores → kurtosis for one trace, under ``cfg``."""
     cfg = settings(cfg)
     spans = list(token_spans)
@@ -199,7 +246,7 @@ def analyse_trace(model, input_ids, token_spans, cfg: str | ReceiverSettings = "
                             row_index_weight=cfg.row_index_weight, nan_first=cfg.nan_first, nan_last=cfg.nan_last)
     v_score = vertical_scores(M, cfg.score_proximity_ignore, control_depth=cfg.control_depth,
                               row_index_weight=cfg.row_index_weight, nan_last=cfg.score_nan_last)
-    return TraceReceivers(v_select=v_sel, v_score=v_score, kurtosis=head_kurtosis(v_sel))
+    return TraceReceivers(v_select=v_sel, v_score=v_score, kurtosis=head_kurtosis(v_sel), settings=cfg.name)
 
 
 class _quiet:

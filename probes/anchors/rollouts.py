@@ -9,6 +9,12 @@ append ``"\\n</think>\\n\\nTherefore, the final answers is \\\\boxed{"`` (the or
 to the same prefix and read the answer from prompt + completion. Answers are extracted and
 checked with ``probes.evals`` (first non-empty ``\\boxed{}``).
 
+``chunk_resampled`` is the continuation's first chunk. ``compat="default"`` splits with the
+§1 splitter (trailing remainder kept, as ``chunks.json``); ``compat="released"`` with the
+released HEAD splitter (``remainder=False``), which drops the text after the last boundary,
+so a short first sentence cannot merge into it and a continuation without any boundary has
+no first chunk (``""`` here; the released code fails on it and records an error row).
+
 Layout (``rollout_dirs``)::
 
     <root>/{correct,incorrect}_base_solution/problem_<idx>/
@@ -33,6 +39,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from probes.anchors.compat import Compat, check_compat
 from probes.anchors.split import split_solution_into_chunks, thinking_text
 from probes.evals.answers import check_answer, extract_boxed
 from probes.io import atomic_write_json
@@ -49,6 +56,7 @@ __all__ = [
     "make_trace",
     "math_prompt",
     "prefix_without_chunk",
+    "problem_record",
     "resample_chunks",
     "rollout_dirs",
     "rollouts_root",
@@ -126,7 +134,10 @@ class Trace:
         return {"source_text": self.full_cot, "solution_text": thinking_text(self.full_cot), "chunks": list(self.chunks)}
 
 
-def _problem_record(problem: Mapping[str, Any] | str) -> dict[str, Any]:
+def problem_record(problem: Mapping[str, Any] | str) -> dict[str, Any]:
+    """A ``problem.json`` record from a problem text or object: a non-empty ``problem``, a
+    ``gt_answer`` (given, else the first ``\\boxed{}`` of ``gt_solution``) and every §3
+    field (empty when absent); ``ValueError`` says what is missing."""
     rec = {"problem": problem} if isinstance(problem, str) else dict(problem)
     if not isinstance(rec.get("problem"), str) or not rec["problem"].strip():
         raise ValueError("the problem needs a non-empty 'problem' text")
@@ -147,7 +158,7 @@ def _problem_record(problem: Mapping[str, Any] | str) -> dict[str, Any]:
 def make_trace(problem: Mapping[str, Any] | str, prompt: str, solution: str) -> Trace:
     """Validate a base trace. ``prompt + solution`` must hold ``<think>`` and at least one
     sentence; the problem needs a boxed ground truth (``gt_answer`` or ``gt_solution``)."""
-    rec = _problem_record(problem)
+    rec = problem_record(problem)
     full = prompt + solution
     thinking_text(full)  # raises on a missing <think> or an empty thinking
     chunks = split_solution_into_chunks(full)
@@ -210,7 +221,7 @@ def load_trace(problem_dir: str | Path) -> Trace:
     missing = [n for n in ("problem.json", "base_solution.json", "chunks.json") if not (problem_dir / n).is_file()]
     if missing:
         raise FileNotFoundError(f"{problem_dir} is not a rollout folder: {', '.join(missing)} missing (write_trace makes them)")
-    problem = _problem_record(_read_json(problem_dir / "problem.json"))
+    problem = problem_record(_read_json(problem_dir / "problem.json"))
     base = _read_json(problem_dir / "base_solution.json")
     chunks = _read_json(problem_dir / "chunks.json")["chunks"]
     return Trace(problem=problem, prompt=base.get("prompt", ""), solution=base.get("solution", ""), chunks=list(chunks),
@@ -248,8 +259,9 @@ class RolloutReport:
     failed: dict[int, str] = field(default_factory=dict)
 
 
-def _row(chunks: Sequence[str], i: int, prompt: str, text: str, gt: str, seed: int, forced: bool) -> dict[str, Any]:
-    resampled = split_solution_into_chunks(text)
+def _row(chunks: Sequence[str], i: int, prompt: str, text: str, gt: str, seed: int, forced: bool,
+         compat: Compat = "default") -> dict[str, Any]:
+    resampled = split_solution_into_chunks(text, remainder=compat != "released")
     full = prompt + text
     answer = extract_boxed(full if forced else text) or ""
     return {
@@ -265,7 +277,7 @@ def _row(chunks: Sequence[str], i: int, prompt: str, text: str, gt: str, seed: i
 
 
 def _top_up(model, path: Path, trace: Trace, i: int, *, n: int, forced: bool, seed: int, sample_kw: dict,
-            report: RolloutReport) -> None:
+            report: RolloutReport, compat: Compat = "default") -> None:
     try:
         rows = load_solutions(path) or []
     except ValueError as e:
@@ -290,7 +302,7 @@ def _top_up(model, path: Path, trace: Trace, i: int, *, n: int, forced: bool, se
     prompt = trace.prompt + prefix_without_chunk(trace.chunks, i) + (FORCED_ANSWER_SUFFIX if forced else "")
     try:
         outs = model.sample(prompt, need, seeds=seeds, **sample_kw)
-        new = [_row(trace.chunks, i, prompt, o.text, trace.gt_answer, s, forced) for o, s in zip(outs, seeds)]
+        new = [_row(trace.chunks, i, prompt, o.text, trace.gt_answer, s, forced, compat) for o, s in zip(outs, seeds)]
     except RuntimeError as e:  # out of memory, device errors: recorded like the original's API failures
         log.warning("sampling chunk %d failed: %s", i, e)
         report.failed[i] = f"{type(e).__name__}: {e}"
@@ -317,16 +329,19 @@ def resample_chunks(
     forced_max_new_tokens: int = 64,
     batch_size: int | None = None,
     progress: bool = True,
+    compat: Compat = "default",
 ) -> RolloutReport:
     """Top every chunk of the trace in ``problem_dir`` up to ``n`` rollouts (and, with
     ``forced``, ``forced_n`` (default ``n``) forced-answer rollouts in ``forced_dir``,
     default the sibling ``…_forced_answer`` folder). ``chunk_indices`` restricts the chunks.
+    ``compat`` chooses the splitter of ``chunk_resampled`` (module docstring).
 
     ``model`` is a ``probes`` Model (anything with ``sample(prefix, n, seeds=, temperature=,
     top_p=, max_new_tokens=, batch_size=)`` returning objects with ``.text``).
     """
     if not 1 <= n < SEED_STRIDE:
         raise ValueError(f"n must be in 1..{SEED_STRIDE - 1}, got {n}")
+    check_compat(compat)
     problem_dir = Path(problem_dir)
     trace = load_trace(problem_dir)
     forced_dir = Path(forced_dir) if forced_dir is not None else forced_dir_for(problem_dir)
@@ -340,10 +355,11 @@ def resample_chunks(
     kw = dict(temperature=temperature, top_p=top_p, batch_size=batch_size)
     for i in tqdm(indices, desc=f"rollouts {problem_dir.name}", disable=not progress):
         _top_up(model, problem_dir / f"chunk_{i}" / "solutions.json", trace, i, n=n, forced=False, seed=seed,
-                sample_kw={**kw, "max_new_tokens": max_new_tokens}, report=report)
+                sample_kw={**kw, "max_new_tokens": max_new_tokens}, report=report, compat=compat)
         if forced:
             _top_up(model, forced_dir / f"chunk_{i}" / "solutions.json", trace, i, n=forced_n or n, forced=True,
-                    seed=seed, sample_kw={**kw, "max_new_tokens": forced_max_new_tokens}, report=report)
+                    seed=seed, sample_kw={**kw, "max_new_tokens": forced_max_new_tokens}, report=report,
+                    compat=compat)
     return report
 
 
@@ -370,7 +386,7 @@ def sample_base_solution(
     """Sample up to ``tries`` solutions of ``prompt`` and return the first with sentences to
     attribute and a boxed answer that is right (``correct``) or wrong (§3: the base trace is
     resampled until it is correct, or incorrect); None if no sample qualifies."""
-    rec = _problem_record(problem)
+    rec = problem_record(problem)
     outs = model.sample(prompt, tries, seeds=[seed + k for k in range(tries)], temperature=temperature, top_p=top_p,
                         max_new_tokens=max_new_tokens, batch_size=batch_size)
     for out in outs:

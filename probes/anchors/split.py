@@ -7,6 +7,11 @@ dropped; the text after the last boundary is appended *before* the merge pass; t
 chunk of fewer than 10 characters is joined with a space to the next chunk (the last
 chunk to the previous one) until none is left.
 
+``remainder=False`` gives the released code's ``utils.split_solution_into_chunks`` at
+HEAD, whose append of the trailing remainder is commented out: the text after the last
+boundary (usually a rollout's last sentence) is dropped. The released sentence→sentence
+matrix splits rollouts that way (``importance.counterfactual_matrix(compat="released")``).
+
 Each chunk also has a character span in the text it came from (from the start of its
 first piece to the end of its last), for mapping sentences to tokens: through the
 tokenizer's offsets (``model.token_ranges``) or by the spec's prefix-length rule
@@ -76,8 +81,8 @@ def thinking_text(full_text: str) -> str:
     return text
 
 
-def _pieces(text: str, offset: int) -> list[Chunk]:
-    """Stripped pieces between boundaries, the trailing remainder included."""
+def _pieces(text: str, offset: int, remainder: bool = True) -> list[Chunk]:
+    """Stripped pieces between boundaries, the trailing remainder included when ``remainder``."""
     out: list[Chunk] = []
     begin = 0
     n = len(text)
@@ -87,7 +92,8 @@ def _pieces(text: str, offset: int) -> list[Chunk]:
         if paragraph or sentence:
             _add_piece(out, text, begin, i + 1, offset)
             begin = i + 1
-    _add_piece(out, text, begin, n, offset)  # the remainder, appended before the merge pass
+    if remainder:
+        _add_piece(out, text, begin, n, offset)  # appended before the merge pass, as chunks.json was made
     return out
 
 
@@ -119,22 +125,26 @@ def _merge_short(chunks: list[Chunk]) -> list[Chunk]:
     return chunks
 
 
-def split_chunks(text: str) -> list[Chunk]:
+def split_chunks(text: str, *, remainder: bool = True) -> list[Chunk]:
     """Chunks of ``text`` with spans in ``text``. When the text contains ``<think>``,
-    only the thinking (up to ``</think>``) is split; spans still index ``text``."""
+    only the thinking (up to ``</think>``) is split; spans still index ``text``.
+    ``remainder=False`` drops the text after the last boundary (the released HEAD splitter)."""
     if THINK_OPEN in text:
         start, end = thinking_span(text)
     else:
         start, end = 0, len(text)
         close_at = text.find(THINK_CLOSE)
-        if close_at >= 0:
+        if close_at >= 0:  # trimmed like the released code, so "end. </think>" has no boundary at the end
             end = close_at
-    return _merge_short(_pieces(text[start:end], start))
+            while end > 0 and text[end - 1].isspace():
+                end -= 1
+    return _merge_short(_pieces(text[start:end], start, remainder))
 
 
-def split_solution_into_chunks(text: str) -> list[str]:
-    """The §1 sentence split of a trace (or of its thinking when ``<think>`` is present)."""
-    return [c.text for c in split_chunks(text)]
+def split_solution_into_chunks(text: str, *, remainder: bool = True) -> list[str]:
+    """The §1 sentence split of a trace (or of its thinking when ``<think>`` is present);
+    ``remainder=False`` drops the text after the last boundary, as the released HEAD splitter does."""
+    return [c.text for c in split_chunks(text, remainder=remainder)]
 
 
 def chunk_char_spans(text: str) -> list[tuple[int, int]]:

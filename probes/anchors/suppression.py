@@ -9,14 +9,19 @@ forward passes.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from probes.anchors._artifact import load_artifact, save_artifact
 from probes.models.interventions import SuppressKeys
+
+__all__ = ["SuppressionResult", "attention_suppression", "sparse_kl", "suppression_matrix"]
 
 
 def _kept(logits: torch.Tensor, temperature: float, top_p: float, max_tokens: int) -> torch.Tensor:
@@ -57,11 +62,28 @@ def sparse_kl(
 class SuppressionResult:
     """``log_kl[k, t]`` = ln(KL + 1e-9) at position t with sentence k suppressed;
     ``matrix[j, k]`` its mean over sentence j's tokens for j > k (NaN elsewhere);
-    ``centered`` subtracts each row's mean over k < j (rows sum to 0)."""
+    ``centered`` subtracts each row's mean over k < j (rows sum to 0). ``temperature``,
+    ``top_p`` and ``max_tokens`` record how the distributions were compared."""
 
     log_kl: np.ndarray
     matrix: np.ndarray
     centered: np.ndarray
+    temperature: float = 0.6
+    top_p: float = 0.9999
+    max_tokens: int = 100
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``<path>.safetensors`` (the arrays) and ``<path>.json`` (the settings)."""
+        arrays = {"log_kl": self.log_kl, "matrix": self.matrix, "centered": self.centered}
+        fields = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
+        return save_artifact(path, "SuppressionResult", arrays, fields)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> SuppressionResult:
+        arrays, fields = load_artifact(path, "SuppressionResult")
+        return cls(log_kl=arrays["log_kl"], matrix=arrays["matrix"], centered=arrays["centered"],
+                   temperature=float(fields["temperature"]), top_p=float(fields["top_p"]),
+                   max_tokens=int(fields["max_tokens"]))
 
 
 def suppression_matrix(log_kl: np.ndarray, token_spans: Sequence[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -107,4 +129,5 @@ def attention_suppression(
             kl = sparse_kl(base, logits[r], temperature, top_p, max_tokens)
             log_kl[k] = torch.log(kl + 1e-9).cpu().numpy()
     S, centered = suppression_matrix(log_kl, spans)
-    return SuppressionResult(log_kl=log_kl, matrix=S, centered=centered)
+    return SuppressionResult(log_kl=log_kl, matrix=S, centered=centered, temperature=temperature, top_p=top_p,
+                             max_tokens=max_tokens)

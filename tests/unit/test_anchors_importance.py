@@ -75,6 +75,19 @@ def test_hashing_embedder_cosines_are_word_overlaps():
     assert isinstance(EMB, Embedder)
 
 
+def test_embedders_by_name():
+    import typing
+
+    from probes.anchors.embed import EMBEDDER_NAMES, EMBEDDERS, EmbedderName, make_embedder
+
+    assert typing.get_args(EmbedderName) == tuple(EMBEDDERS) == EMBEDDER_NAMES == ("minilm", "hashing")
+    e = make_embedder("hashing", dim=16)
+    assert isinstance(e, HashingEmbedder) and e.dim == 16
+    assert EMBEDDERS["minilm"] is MiniLMEmbedder
+    with pytest.raises(ValueError, match="choose one of minilm, hashing"):
+        make_embedder("bert")
+
+
 def test_answer_kl_by_hand():
     # P = {A: 2, B: 1}, Q = {A: 1, C: 1}: V = {A, B, C}; B is absent from Q and costs ≈ (1/3) ln(1e9).
     p_a, p_b, p_c = (2 + A) / (3 + 3 * A), (1 + A) / (3 + 3 * A), A / (3 + 3 * A)

@@ -16,6 +16,7 @@ from probes.anchors.rollouts import (
     make_trace,
     math_prompt,
     prefix_without_chunk,
+    problem_record,
     resample_chunks,
     rollout_dirs,
     rollouts_root,
@@ -88,6 +89,10 @@ def test_make_trace_and_bad_input():
         make_trace(PROBLEM, prompt, "</think> \\boxed{8}")
     with pytest.raises(ValueError, match="ground-truth"):
         make_trace({"problem": "Add 3 and 5.", "gt_solution": "It is 8."}, prompt, SOLUTION)
+    rec = problem_record(PROBLEM)
+    assert rec["gt_answer"] == "8" and rec["nickname"] == "" and rec["problem"] == PROBLEM["problem"]
+    with pytest.raises(ValueError, match="non-empty 'problem'"):
+        problem_record({"gt_answer": "8"})
 
 
 def test_rows_and_files_by_hand(tmp_path):
@@ -128,6 +133,24 @@ def test_rows_and_files_by_hand(tmp_path):
     assert all(c["temperature"] == 0.6 and c["top_p"] == 0.95 and c["max_new_tokens"] == 16384 for c in normal_calls)
     assert report.added == {0: 2, 1: 2, 2: 2, 3: 2} and report.forced_added == {0: 2, 1: 2, 2: 2, 3: 2}
     assert report.complete == {0: 2, 1: 2, 2: 2, 3: 2} and not report.corrupted and not report.failed
+
+
+@pytest.mark.parametrize(("text", "default", "released"), [
+    # The short first piece merges into the remainder by default; the released splitter drops the remainder first.
+    (" Ok. So the total is 8\n</think>\n\n\\boxed{8}", "Ok. So the total is 8", "Ok."),
+    # No boundary before </think>: no first chunk for the released splitter.
+    (" The total is eight apples\n</think>\n\n\\boxed{8}", "The total is eight apples", ""),
+])
+def test_chunk_resampled_by_compat(tmp_path, text, default, released):
+    prompt = math_prompt(PROBLEM["problem"])
+    for compat, want in (("default", default), ("released", released)):
+        pdir, _ = rollout_dirs(tmp_path / compat, 0)
+        run_rollouts(Scripted(lambda prefix, seed: text), PROBLEM, prompt, SOLUTION, pdir, n=1, forced=False,
+                     chunk_indices=[0], progress=False, compat=compat)
+        row = json.loads((pdir / "chunk_0" / "solutions.json").read_text())[0]
+        assert row["chunk_resampled"] == want and row["answer"] == "8"
+    with pytest.raises(ValueError, match="compat 'paper' unknown"):
+        resample_chunks(Scripted(reply), pdir, n=1, compat="paper", progress=False)
 
 
 def test_resume_tops_up_with_new_seeds(tmp_path):

@@ -68,6 +68,24 @@ def test_remainder_is_merged_like_any_chunk():
     assert split_solution_into_chunks("   \n\n  ") == []
 
 
+def test_without_remainder_is_the_released_head_splitter():
+    # remainder=False drops the text after the last boundary before the merge pass, as the
+    # released utils.split_solution_into_chunks does (checked against it on these and fuzzed texts).
+    assert split_solution_into_chunks("Solve for x in the equation. x = 4", remainder=False) == [
+        "Solve for x in the equation."]
+    # A rollout's last thinking sentence has no boundary after it once the text is cut at </think>.
+    for text in ("First step is done. Second step is done.</think>\n\nAnswer: \\boxed{3}",
+                 "First step is done. Second step is done. </think>",
+                 "<think>\nFirst step is done. Second step is done. \n</think>"):
+        assert split_solution_into_chunks(text, remainder=False) == ["First step is done."]
+        assert split_solution_into_chunks(text) == ["First step is done.", "Second step is done."]
+    # Without tags nothing is trimmed: a final ". " is a boundary.
+    assert split_solution_into_chunks("Short. Another sentence here. ", remainder=False) == [
+        "Short. Another sentence here."]
+    assert split_solution_into_chunks("Ok. So. Final words here", remainder=False) == ["Ok. So."]
+    assert split_solution_into_chunks("no boundary at all", remainder=False) == []
+
+
 def test_latex_is_not_split_inside_math():
     text = r"We get $\frac{1}{2}.5$ and \(x^2 = 4.\) So x is 2 or -2. Then \boxed{2}."
     # ".5" has no space after the dot; "4.\)" neither; "-2. " does split.

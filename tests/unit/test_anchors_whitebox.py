@@ -1,11 +1,16 @@
-"""Receiver heads and attention suppression against direct, unbatched computations."""
+"""Receiver heads and attention suppression against direct, unbatched computations; their
+results save and load back equal."""
+
+import dataclasses
+import json
+import typing
 
 import numpy as np
 import pytest
 import torch
 
 from probes.anchors import receivers as R
-from probes.anchors.suppression import attention_suppression, sparse_kl, suppression_matrix
+from probes.anchors.suppression import SuppressionResult, attention_suppression, sparse_kl, suppression_matrix
 from probes.models import SuppressKeys
 
 TEXT = ("<bos><|user|>Alice has 3 apples and buys 5 more.<|end|><|assistant|><think>First find the total. "
@@ -64,7 +69,48 @@ def test_kurtosis_selection_and_scores():
     assert R.split_half_reliability([k, k, k, k]) == pytest.approx(1.0)
 
 
+def assert_same(a, b):
+    """Every field equal: arrays by dtype, shape and values (NaN where NaN), the rest by ==."""
+    assert type(a) is type(b)
+    for f in dataclasses.fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, np.ndarray):
+            assert isinstance(y, np.ndarray) and x.dtype == y.dtype and x.shape == y.shape, f.name
+            np.testing.assert_array_equal(x, y, err_msg=f.name)  # NaNs compare equal here
+        else:
+            assert type(x) is type(y) and x == y, f.name
+
+
+def test_trace_receivers_save_and_load(trace, tmp_path):
+    model, ids, spans = trace
+    res = R.analyse_trace(model, ids, spans, "released")
+    assert res.settings == "released" and np.isnan(res.v_select[..., -4:]).all()  # the last 4 sentences are NaN
+    path = res.save(tmp_path / "receivers")
+    assert path == tmp_path / "receivers.safetensors" and (tmp_path / "receivers.json").is_file()
+    assert_same(res, R.TraceReceivers.load(tmp_path / "receivers"))
+    assert_same(res, R.TraceReceivers.load(tmp_path / "receivers.json"))  # either file names the pair
+    # Other dtypes, empty and NaN-only arrays survive too.
+    odd = R.TraceReceivers(v_select=np.full((2, 3, 0), np.nan), v_score=np.arange(6, dtype=np.float32).reshape(2, 3),
+                           kurtosis=np.array([[np.nan, -np.inf], [np.inf, 1.5]]))
+    assert_same(odd, R.TraceReceivers.load(odd.save(tmp_path / "odd.safetensors")))
+
+
+def test_suppression_result_save_and_load(tmp_path):
+    log_kl = np.log(np.arange(1, 13, dtype=float).reshape(3, 4) + 1e-9)
+    S, C = suppression_matrix(log_kl, [(0, 1), (1, 3), (3, 4)])
+    res = SuppressionResult(log_kl=log_kl, matrix=S, centered=C, temperature=1.0, top_p=0.9, max_tokens=7)
+    assert_same(res, SuppressionResult.load(res.save(tmp_path / "supp")))
+    assert json.loads((tmp_path / "supp.json").read_text())["fields"] == {"temperature": 1.0, "top_p": 0.9, "max_tokens": 7}
+    with pytest.raises(ValueError, match="not a TraceReceivers"):
+        R.TraceReceivers.load(tmp_path / "supp")
+    with pytest.raises(FileNotFoundError, match="pass the path given to save"):
+        SuppressionResult.load(tmp_path / "nothing")
+
+
 def test_settings_are_selectable_by_name():
+    assert typing.get_args(R.ReceiverSettingsName) == tuple(R.SETTINGS) == R.SETTINGS_NAMES
+    for name in R.SETTINGS_NAMES:
+        assert R.settings(name).name == name
     assert R.settings("released").proximity_ignore == 4 and R.settings("released").top_k == 20
     paper = R.settings("paper-era")
     assert (paper.proximity_ignore, paper.top_k, paper.blocks, paper.max_tokens) == (20, 32, "to_next", 3744)
@@ -106,3 +152,4 @@ def test_batched_suppression_equals_one_at_a_time(trace):
     # positions before the suppressed sentence are untouched: KL at float-noise level
     assert np.exp(res.log_kl[3, : spans[3][0]]).max() < 1e-5 < np.exp(res.log_kl[3, spans[3][1]:]).max()
     assert np.isfinite(res.matrix[5, :5]).all() and np.isnan(res.matrix[0]).all()
+    assert (res.temperature, res.top_p, res.max_tokens) == (0.6, 0.9999, 100)
