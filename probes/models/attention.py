@@ -6,6 +6,13 @@ kernel; otherwise it runs the eager computation (the same arithmetic as HF's
 ``eager_attention_forward``) and lets hooks read or edit the scores ``(B, H, Q, K)``
 before the softmax and the pattern after it. Hooks can reduce the pattern per layer
 inside the forward (receiver heads never hold every layer's T×T at once).
+
+When a score hook edits the scores (returns a tensor), keys the attention mask blocks
+(causal future, padding) are blocked again after it, at ``-inf``, so an edit can never
+let a query see them; a query left with no key to attend to (every score ``-inf``, e.g.
+``SuppressKeys`` over all of its past) gets all-zero weights and a zero attention
+output. Hooks that only read leave the computation exactly HF's eager one.
+
 The mask interface must be registered too: without it transformers builds no causal
 mask for an unknown implementation name (``reference/stack.md`` §5, pitfall 1).
 """
@@ -16,6 +23,8 @@ from collections import defaultdict
 from collections.abc import Callable
 
 import torch
+
+from probes.models.sites import HookKind
 
 IMPLEMENTATION = "probes"
 
@@ -37,9 +46,11 @@ class AttentionHooks:
         #: while its cache stores only each row's continuation for that layer.
         self.prefix: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def add(self, kind: str, layer: int, fn: ScoreHook) -> _Handle:
+    def add(self, kind: HookKind, layer: int, fn: ScoreHook) -> _Handle:
         global _ACTIVE
-        table = self.scores if kind == "scores" else self.pattern
+        if kind not in (HookKind.SCORES, HookKind.PATTERN):
+            raise ValueError(f"attention hooks are {HookKind.SCORES.value!r} or {HookKind.PATTERN.value!r}, got {kind!r}")
+        table = self.scores if kind == HookKind.SCORES else self.pattern
         table[layer].append(fn)
         _ACTIVE += 1
         return _Handle(table[layer], fn)
@@ -106,14 +117,21 @@ def probes_attention(module, query, key, value, attention_mask, dropout: float =
     if attention_mask is not None:
         mask = attention_mask[:, :, :, : key.shape[-2]]
         scores = scores.add_(mask) if inplace else scores + mask
+    edited = False
     for fn in hooks.scores.get(layer, ()) if hooks is not None else ():
         out = fn(scores)
-        scores = scores if out is None else out
+        if out is not None:
+            scores, edited = out, True
+    empty = None
+    if edited:
+        scores, empty = _keep_masked(scores, attention_mask, inplace)
     if inplace and scores.dtype == torch.float32:
         weights = scores.sub_(scores.amax(-1, keepdim=True)).exp_()
         weights = weights.div_(weights.sum(-1, keepdim=True)).to(query.dtype)
     else:
         weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    if empty is not None:
+        weights = weights.masked_fill_(empty, 0.0) if inplace else weights.masked_fill(empty, 0.0)
     for fn in hooks.pattern.get(layer, ()) if hooks is not None else ():
         out = fn(weights)
         weights = weights if out is None else out
@@ -121,6 +139,23 @@ def probes_attention(module, query, key, value, attention_mask, dropout: float =
         weights = torch.nn.functional.dropout(weights, p=dropout, training=True)
     attn_output = torch.matmul(weights, value).transpose(1, 2).contiguous()
     return attn_output, weights
+
+
+def _keep_masked(scores: torch.Tensor, attention_mask: torch.Tensor | None, inplace: bool):
+    """Scores edited by a hook, with the keys the mask blocks set to ``-inf`` again, and
+    the (B, H, Q, 1) bool of rows left with no key at all.
+
+    The eager mask blocks a key by adding the dtype's minimum; an edit that writes that
+    same minimum (or ``-inf``) elsewhere would otherwise tie with blocked keys, and a
+    query whose every visible key was removed would spread its attention evenly over
+    future and padding keys. Empty rows get score 0 (finite, so softmax and its
+    gradient stay finite) and are zeroed after the softmax by the caller. No host sync."""
+    fill = torch.Tensor.masked_fill_ if inplace else torch.Tensor.masked_fill
+    if attention_mask is not None and attention_mask.dtype.is_floating_point:
+        blocked = attention_mask[:, :, :, : scores.shape[-1]] <= torch.finfo(attention_mask.dtype).min
+        scores = fill(scores, blocked, float("-inf"))
+    empty = torch.isneginf(scores.amax(-1, keepdim=True))
+    return fill(scores, empty, 0.0), empty
 
 
 def shared_prefix_attention(query, prefix_key, prefix_value, key, value, scaling=None):

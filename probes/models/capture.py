@@ -84,7 +84,7 @@ def run_capture(
                 v = tuple(t.detach().clone() for t in v)
                 if positions is not None:
                     v = tuple(_select(t, ctx.query_pos, ctx.query_valid, positions) for t in v)
-            elif positions is not None and point.kind not in ("scores", "pattern"):
+            elif positions is not None and not point.kind.in_attention:
                 v = _select(v.detach(), ctx.query_pos, ctx.query_valid, positions)
             elif positions is not None:  # attention: select query rows, (B, H, n, K)
                 v = _select(v.detach().transpose(1, 2), ctx.query_pos, ctx.query_valid, positions).transpose(1, 2)

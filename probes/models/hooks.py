@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from probes.models.sites import HookPoint
+from probes.models.sites import HookKind, HookPoint
 
 
 def attach(model, point: HookPoint, fn: Callable[[Any], Any]):
-    if point.kind in ("scores", "pattern"):
+    if point.kind.in_attention:
         return model.attn_hooks.add(point.kind, point.layer, fn)
-    if point.kind == "fwd":
+    if point.kind is HookKind.FWD:
 
         def fwd_hook(_module, _args, out):
             new = fn(point.get(out))

@@ -4,13 +4,22 @@ Each intervention validates itself against the model and attaches hooks; the sco
 removes every hook on exit, exceptions included. ``positions`` (``positions.py``)
 are absolute token indices, spans, phases or token triggers; ``rows`` selects rows of
 the batch the user passed (indices or a bool mask). Hand-computed expectations for
-each live in ``tests/test_interventions.py``.
+each live in ``tests/unit/test_interventions.py``.
+
+Attaching is all or nothing: every intervention of a scope is validated against the
+model before any hook is attached (``attach_all``), so a bad one leaves no hook behind.
+The interventions attached now are listed by ``active(model)``; views that cannot apply
+them (``model.tl``) refuse to run while there are any.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import numbers
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
 
 import torch
 
@@ -18,13 +27,80 @@ from probes.models import positions as P
 from probes.models.hooks import attach
 from probes.models.sites import Site, resolve
 
+#: A validated, not yet attached hook: calling it attaches the hook and returns its handle.
+Step = Callable[[], Any]
+
+#: model → interventions attached to it now (in attachment order).
+_ACTIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def active(model) -> tuple[Intervention, ...]:
+    """The interventions attached to ``model`` now (inside ``model.intervene``)."""
+    return tuple(_ACTIVE.get(model, ()))
+
+
+class _ActiveMark:
+    """Handle that lists an intervention in ``active(model)`` until removed."""
+
+    def __init__(self, model, intervention: Intervention) -> None:
+        self._model, self._iv = weakref.ref(model), intervention
+        _ACTIVE.setdefault(model, []).append(intervention)
+
+    def remove(self) -> None:
+        model = self._model()
+        ivs = _ACTIVE.get(model) if model is not None else None
+        if ivs:
+            for i, iv in enumerate(ivs):
+                if iv is self._iv:
+                    del ivs[i]
+                    break
+
+
+def _attach_steps(steps: Sequence[Step]) -> list:
+    """Run ``steps``; if one fails, remove the hooks the earlier ones attached and re-raise."""
+    handles: list = []
+    try:
+        for step in steps:
+            handles.append(step())
+    except BaseException:
+        for h in reversed(handles):
+            h.remove()
+        raise
+    return handles
+
+
+class _Handles:
+    """Several handles removed as one."""
+
+    def __init__(self, handles) -> None:
+        self._handles = list(handles)
+
+    def remove(self) -> None:
+        for h in reversed(self._handles):
+            h.remove()
+
+
+def attach_all(model, interventions: Sequence[Intervention]) -> list:
+    """Validate every intervention against ``model``, then attach them all; returns the
+    handles. If any is invalid, nothing is attached (the error names the problem)."""
+    plans = []
+    for iv in interventions:
+        if not isinstance(iv, Intervention):
+            raise TypeError(f"model.intervene takes interventions (AddVector, SuppressKeys, ...), got {type(iv).__name__}")
+        plans.append(iv.plan(model))
+    steps: list[Step] = []
+    for iv, plan in zip(interventions, plans):
+        steps += plan if plan is not None else [lambda iv=iv: _Handles(iv.attach(model))]
+        steps.append(lambda iv=iv: _ActiveMark(model, iv))
+    return _attach_steps(steps)
+
 
 def _vector(model, v, width: int, what: str) -> torch.Tensor:
     v = torch.as_tensor(v)
-    if v.shape[-1] != width:
-        raise ValueError(f"{what} has width {v.shape[-1]} but the site has width {width} in {model.spec}")
     if v.dim() not in (1, 2):
         raise ValueError(f"{what} must be (d,) or (rows, d), got shape {tuple(v.shape)}")
+    if v.shape[-1] != width:
+        raise ValueError(f"{what} has width {v.shape[-1]} but the site has width {width} in {model.spec}")
     return v.to(model.device, torch.float32)
 
 
@@ -37,14 +113,30 @@ def _row_vec(v: torch.Tensor, model) -> torch.Tensor:
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class Intervention:
+    """Base of every intervention: ``positions`` and ``rows`` select where it applies.
+
+    A subclass implements ``plan(model)``: validate everything against the model and
+    return one step per hook, attaching nothing, so ``model.intervene`` can check every
+    intervention before it attaches any. (A subclass that overrides ``attach`` instead
+    still works; it must leave nothing attached when it raises.)"""
+
     positions: P.Positions = None
     rows: Sequence[int] | torch.Tensor | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "positions", P.normalize(self.positions))
 
+    def plan(self, model) -> list[Step] | None:
+        """Validate against ``model`` and return the steps that attach the hooks; attaches
+        nothing. ``None`` means the subclass only implements ``attach`` (not validated apart)."""
+        return None
+
     def attach(self, model) -> list:
-        raise NotImplementedError
+        """Attach the hooks and return their handles; nothing stays attached on an error."""
+        steps = self.plan(model)
+        if steps is None:
+            raise NotImplementedError(f"{type(self).__name__} implements neither plan() nor attach()")
+        return _attach_steps(steps)
 
     def _mask(self, model, length: int | None = None) -> torch.Tensor:
         """(B, T) where this intervention applies in the current forward; ``length``
@@ -73,7 +165,7 @@ class AddVector(Intervention):
     vector: torch.Tensor
     scale: float = 1.0
 
-    def attach(self, model):
+    def plan(self, model):
         point = _tensor_site(model, self.site, "AddVector")
         vec = _vector(model, self.vector, point.width, "vector")
 
@@ -81,7 +173,7 @@ class AddVector(Intervention):
             m = self._mask(model, x.shape[1]).unsqueeze(-1)
             return x + (self.scale * _row_vec(vec, model) * m).to(x.dtype)
 
-        return [attach(model, point, fn)]
+        return [lambda: attach(model, point, fn)]
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -91,7 +183,7 @@ class ProjectOut(Intervention):
     site: str
     direction: torch.Tensor
 
-    def attach(self, model):
+    def plan(self, model):
         point = _tensor_site(model, self.site, "ProjectOut")
         u = _vector(model, self.direction, point.width, "direction")
         if u.dim() != 1:
@@ -104,7 +196,7 @@ class ProjectOut(Intervention):
             proj = (xf @ u).unsqueeze(-1) * u
             return torch.where(m, xf - proj, xf).to(x.dtype)
 
-        return [attach(model, point, fn)]
+        return [lambda: attach(model, point, fn)]
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -116,11 +208,13 @@ class Patch(Intervention):
     site: str
     source: torch.Tensor
 
-    def attach(self, model):
+    def plan(self, model):
         point = _tensor_site(model, self.site, "Patch")
         src = torch.as_tensor(self.source).to(model.device)
         if src.dim() < 3:
             raise ValueError(f"Patch source must be (rows, positions, ...), got shape {tuple(src.shape)}")
+        if src.shape[-1] != point.width:
+            raise ValueError(f"Patch source has width {src.shape[-1]} but {point.site} has width {point.width} in {model.spec}")
 
         def fn(x):
             m = self._mask(model, x.shape[1])
@@ -136,28 +230,63 @@ class Patch(Intervention):
             shape = m.shape + (1,) * (x.dim() - 2)
             return torch.where(m.view(shape), vals, x)
 
-        return [attach(model, point, fn)]
+        return [lambda: attach(model, point, fn)]
+
+
+class NormScope(StrEnum):
+    """What the norm-preserving rescale of ``ScaleHeads`` measures the norm over."""
+
+    #: each token's (heads × d_head) output on its own: the same in one forward pass and
+    #: under KV-cache decoding, and the same for a row alone or in a batch (padding is
+    #: never selected, so it is left as it is).
+    TOKEN = "token"
+    #: the whole (batch, time, heads, d_head) tensor of one forward call, as the reference
+    #: code does (``reference/refusal.md`` A4): the prompt at prefill, then each decoding
+    #: step on its own, over every row of the batch, padding included. So the same
+    #: intervention gives different numbers in one forward pass and under the KV cache,
+    #: and for a row alone and in a batch; use it to reproduce the reference.
+    TENSOR = "tensor"
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class ScaleHeads(Intervention):
     """Multiply chosen heads' outputs (before the output projection) by ``scale``
-    (0 = zero-ablation). ``heads`` are (layer, head) pairs. With ``rescale_norm``, the
-    whole per-layer head-output tensor is rescaled to its pre-ablation Frobenius norm
-    (``reference/refusal.md`` A4, norm-preserving ablation)."""
+    (0 = zero-ablation) at the selected positions. ``heads`` are (layer, head) pairs.
+
+    With ``rescale_norm``, the layer's head outputs are rescaled to their pre-ablation
+    Frobenius norm (``reference/refusal.md`` A4, norm-preserving ablation), measured
+    over ``norm_over``: per token by default (``NormScope.TOKEN``: z_t ← z′_t·‖z_t‖/‖z′_t‖
+    over heads × d_head, consistent across the KV cache and the batch), or over the
+    whole tensor of each forward call as the reference does (``NormScope.TENSOR``:
+    batch- and cache-dependent, see ``NormScope``). A token whose every head is scaled
+    to 0 stays 0 (there is nothing to rescale)."""
 
     heads: Iterable[tuple[int, int]]
     scale: float = 0.0
     rescale_norm: bool = False
+    norm_over: NormScope = NormScope.TOKEN
 
-    def attach(self, model):
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.rescale_norm, bool):
+            raise ValueError(
+                f"rescale_norm is True or False, got {self.rescale_norm!r}; "
+                f"choose the norm with norm_over={[n.value for n in NormScope]}"
+            )
+        try:
+            object.__setattr__(self, "norm_over", NormScope(self.norm_over))
+        except ValueError:
+            raise ValueError(f"unknown norm_over {self.norm_over!r}: use one of {[n.value for n in NormScope]}") from None
+        object.__setattr__(self, "heads", tuple((int(layer), int(head)) for layer, head in self.heads))
+
+    def plan(self, model):
         by_layer: dict[int, list[int]] = {}
         for layer, head in self.heads:
             L = model.check_layer(layer, f"ScaleHeads layer {layer}")
             if not 0 <= head < model.n_heads:
                 raise ValueError(f"head {head} out of range: {model.spec} has heads 0..{model.n_heads - 1}")
             by_layer.setdefault(L, []).append(head)
-        handles = []
+        steps = []
         for L, heads in by_layer.items():
             point = resolve(model, Site("head_out", L))
             factor = torch.ones(model.n_heads, device=model.device)
@@ -167,20 +296,29 @@ class ScaleHeads(Intervention):
                 m = self._mask(model)[..., None, None]
                 new = torch.where(m, z * factor.view(-1, 1).to(z.dtype), z)
                 if self.rescale_norm:
-                    new = new * (z.float().norm() / new.float().norm().clamp_min(1e-12)).to(z.dtype)
+                    dims = (-2, -1) if self.norm_over is NormScope.TOKEN else tuple(range(z.dim()))
+                    before = z.float().pow(2).sum(dims, keepdim=True).sqrt()
+                    after = new.float().pow(2).sum(dims, keepdim=True).sqrt()
+                    new = new * (before / after.clamp_min(1e-12)).to(z.dtype)
                 return new
 
-            handles.append(attach(model, point, fn))
-        return handles
+            steps.append(lambda point=point, fn=fn: attach(model, point, fn))
+        return steps
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class SuppressKeys(Intervention):
-    """Set pre-softmax scores of keys at absolute positions in ``span`` to the dtype's
-    minimum, for the queries selected by ``positions`` (default all), in ``layers``
-    and ``heads`` (default all) (``reference/thought_anchors.md`` §7). ``span`` may be
-    a list with one span per row of the batch (row r of the user's batch suppresses
-    ``span[r]``), so many suppressed variants run as one batched forward."""
+    """Remove keys at absolute positions in ``span`` from the attention of the queries
+    selected by ``positions`` (default all), in ``layers`` and ``heads`` (default all):
+    their pre-softmax scores become ``-inf``, so they get exactly zero weight and the
+    other keys renormalise (``reference/thought_anchors.md`` §7). ``span`` may be a list
+    with one span per row of the batch (row r of the user's batch suppresses
+    ``span[r]``), so many suppressed variants run as one batched forward.
+
+    Keys the causal and padding masks block stay blocked. A query whose every visible
+    key is suppressed (e.g. query 0 with ``span=(0, 1)``) has nothing left to attend to:
+    its attention weights are all zero and so is that head's output (``head_out``); the
+    layer's attention output there is then only the output projection's bias, if any."""
 
     span: P.Span | tuple[int, int] | Sequence[P.Span | tuple[int, int]]
     layers: Sequence[int] | None = None
@@ -192,13 +330,15 @@ class SuppressKeys(Intervention):
             isinstance(self.span, tuple) and len(self.span) == 2 and all(isinstance(x, int) for x in self.span)
         )
         spans = [self.span] if single else list(self.span)
+        if not spans:
+            raise ValueError("SuppressKeys needs a span (start, end) or one span per row, got an empty list")
         spans = [sp if isinstance(sp, P.Span) else P.Span(*sp) for sp in spans]
         big = torch.iinfo(torch.long).max
         starts = torch.tensor([sp.start for sp in spans], device=model.device)
         ends = torch.tensor([big if sp.end is None else sp.end for sp in spans], device=model.device)
         return starts, ends
 
-    def attach(self, model):
+    def plan(self, model):
         starts, ends = self._bounds(model)
         per_row = starts.numel() > 1
         layers = range(model.n_layers) if self.layers is None else [model.check_layer(L, "SuppressKeys") for L in self.layers]
@@ -224,71 +364,88 @@ class SuppressKeys(Intervention):
             m = self._mask(model)[:, None, :, None] & keys[:, None, None, :]
             if head_sel is not None:
                 m = m & head_sel.view(1, -1, 1, 1)
-            return scores.masked_fill(m, torch.finfo(scores.dtype).min)
+            # -inf, not the dtype's minimum: the mask blocks keys with that minimum, and the
+            # attention function blocks them again at -inf after any edit (attention.py).
+            return scores.masked_fill(m, float("-inf"))
 
-        return [attach(model, resolve(model, Site("attn_scores", L)), fn) for L in layers]
+        return [lambda L=L: attach(model, resolve(model, Site("attn_scores", L)), fn) for L in layers]
 
 
 def _router_rows(model, intervention: Intervention) -> torch.Tensor:
     return intervention._mask(model).reshape(-1)
 
 
+def _check_experts(model, experts, what: str) -> None:
+    bad = [e for e in experts if not isinstance(e, numbers.Integral) or not 0 <= e < model.n_experts]
+    if bad:
+        raise ValueError(f"{what}: experts {bad} out of range: {model.spec} has experts 0..{model.n_experts - 1}")
+
+
 @dataclass(frozen=True, kw_only=True, eq=False)
 class ScaleExperts(Intervention):
     """RICE: w′ = β·w for routing weights of (layer, expert) pairs where the router
     selected them; never forces an expert in. ``renormalize`` rescales so Σw′ = Σw
-    (``reference/moe_experts.md`` §2; off by default as in the paper)."""
+    (``reference/moe_experts.md`` §2; off by default as in the paper). When the scaled
+    weights of a token sum to 0 (every selected expert scaled by β = 0) no rescaling can
+    restore the sum: that token keeps w′ = 0, so its routed experts contribute nothing."""
 
     scales: Mapping[tuple[int, int], float]
     renormalize: bool = False
 
-    def attach(self, model):
+    def plan(self, model):
+        if not model.is_moe:
+            model.router(0, "ScaleExperts")  # raises the dense-model error
         by_layer: dict[int, torch.Tensor] = {}
         for (layer, expert), beta in self.scales.items():
             L = model.check_layer(layer, "ScaleExperts")
             model.router(L, "ScaleExperts")
-            if not 0 <= expert < model.n_experts:
-                raise ValueError(f"expert {expert} out of range: {model.spec} has experts 0..{model.n_experts - 1}")
+            _check_experts(model, [expert], "ScaleExperts")
+            if not torch.isfinite(torch.tensor(float(beta))):
+                raise ValueError(f"ScaleExperts scale for (layer {layer}, expert {expert}) is {beta}: use a finite number")
             by_layer.setdefault(L, torch.ones(model.n_experts, device=model.device))[expert] = beta
-        handles = []
+        steps = []
         for L, factor in by_layer.items():
+            gate = model.router(L)
 
             def hook(_mod, _args, out, factor=factor):
                 logits, w, idx = out
                 m = _router_rows(model, self).unsqueeze(-1)
                 new = w * factor[idx].to(w.dtype)
                 if self.renormalize:
-                    new = new * (w.sum(-1, keepdim=True) / new.sum(-1, keepdim=True))
+                    total = new.sum(-1, keepdim=True)
+                    ratio = w.sum(-1, keepdim=True) / torch.where(total == 0, 1, total)
+                    new = new * torch.where(total == 0, 1, ratio)
                 return logits, torch.where(m, new, w), idx
 
-            handles.append(model.router(L).register_forward_hook(hook))
-        return handles
+            steps.append(lambda gate=gate, hook=hook: gate.register_forward_hook(hook))
+        return steps
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class ForceExperts(Intervention):
     """SteerMoE rerouting: in the router's log-softmax, experts in ``include`` are set to
     the row max + 0.01 and those in ``forbid`` to the row min − 0.01; then softmax,
-    top-k and the family's renormalisation (``reference/moe_experts.md`` §3)."""
+    top-k and the family's renormalisation (``reference/moe_experts.md`` §3).
+    ``layers`` defaults to every MoE layer; naming a dense layer is an error."""
 
     layers: Sequence[int] | None = None
     include: Sequence[int] = field(default_factory=tuple)
     forbid: Sequence[int] = field(default_factory=tuple)
 
-    def attach(self, model):
+    def plan(self, model):
+        if not model.is_moe:
+            raise ValueError(f"ForceExperts needs a mixture-of-experts model, but {model.spec} ({model.family}) is dense")
         inc, forb = list(self.include), list(self.forbid)
         if set(inc) & set(forb):
             raise ValueError(f"experts {sorted(set(inc) & set(forb))} are both included and forbidden")
-        bad = [e for e in inc + forb if not 0 <= e < model.n_experts]
-        if bad:
-            raise ValueError(f"experts {bad} out of range: {model.spec} has experts 0..{model.n_experts - 1}")
+        _check_experts(model, inc + forb, "ForceExperts")
         layers = model.moe_layers if self.layers is None else [model.check_layer(L, "ForceExperts") for L in self.layers]
-        handles = []
-        for L in layers:
-            gate = model.router(L, "ForceExperts")
+        gates = {L: model.router(L, "ForceExperts") for L in layers}  # every layer checked before any hook
+        steps = []
+        for L, gate in gates.items():
             k = int(gate.top_k)
             if len(inc) > k:
-                raise ValueError(f"cannot force {len(inc)} experts into a top-{k} router")
+                raise ValueError(f"cannot force {len(inc)} experts into the top-{k} router of layer {L}")
             norm = model.adapter.always_norm_topk or bool(getattr(gate, "norm_topk_prob", False))
 
             def hook(_mod, _args, out, k=k, norm=norm):
@@ -307,5 +464,5 @@ class ForceExperts(Intervention):
                 m = _router_rows(model, self).unsqueeze(-1)
                 return logits, torch.where(m, new_w.to(w.dtype), w), torch.where(m, new_idx, idx)
 
-            handles.append(gate.register_forward_hook(hook))
-        return handles
+            steps.append(lambda gate=gate, hook=hook: gate.register_forward_hook(hook))
+        return steps

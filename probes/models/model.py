@@ -9,9 +9,10 @@ TransformerLens views over the same module (DESIGN.md "The model layer").
 from __future__ import annotations
 
 import contextlib
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -20,6 +21,9 @@ from probes.models.adapters import Adapter
 from probes.models.capture import Capture, run_capture
 from probes.models.context import ForwardContext
 from probes.models.sites import GLOBAL_SITES, LAYER_SITES, MOE_SITES, Site
+
+#: Which side shorter rows of a batch are padded on.
+PaddingSide = Literal["left", "right"]
 
 
 class Model:
@@ -189,12 +193,16 @@ class Model:
 
     @contextlib.contextmanager
     def intervene(self, *interventions):
-        """Apply interventions inside the ``with`` block; every hook is removed on exit."""
+        """Apply interventions inside the ``with`` block; every hook is removed on exit.
+
+        All of them are validated before any is attached: if one is invalid, the error
+        says why and no hook is left on the model."""
+        from probes.models.interventions import attach_all
+
         handles = []
         with self.scope():
             try:
-                for iv in interventions:
-                    handles.extend(iv.attach(self))
+                handles = attach_all(self, interventions)
                 yield self
             finally:
                 for h in reversed(handles):
@@ -212,18 +220,45 @@ class Model:
         bos = self.tokenizer.bos_token
         return not (bos and text.startswith(bos))
 
-    def batch(self, inputs, padding_side: str = "left") -> dict[str, torch.Tensor]:
+    def batch(self, inputs, padding_side: PaddingSide = "left") -> dict[str, torch.Tensor]:
         """A text, texts, token ids or a dict → ``{"input_ids", "attention_mask"?}``
-        on the model's device; rows of different lengths are padded on ``padding_side``."""
+        on the model's device; rows of different lengths are padded on ``padding_side``.
+
+        Token ids are a batch of rows (``[[1, 5, 7], [1, 9]]``, a (B, T) tensor) or one
+        row (``[1, 5, 7]``, a (T,) tensor), as ``sample`` takes a prefix."""
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         if isinstance(inputs, Mapping):
+            if "input_ids" not in inputs:
+                raise ValueError(f"a dict input needs 'input_ids'; got keys {sorted(inputs)}")
             out = {k: torch.as_tensor(v).to(self.device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
+            for k, v in out.items():
+                if v.dim() == 1:
+                    out[k] = v.unsqueeze(0)
+                elif v.dim() != 2:
+                    raise ValueError(f"{k} must be (batch, time) or (time,), got shape {tuple(v.shape)}")
             return out
         if isinstance(inputs, torch.Tensor):
+            if inputs.dim() not in (1, 2) or inputs.is_floating_point():
+                raise ValueError(
+                    f"token ids must be an integer tensor of shape (batch, time) or (time,), "
+                    f"got {inputs.dtype} {tuple(inputs.shape)}"
+                )
             ids = inputs if inputs.dim() == 2 else inputs.unsqueeze(0)
+            if ids.shape[1] == 0:
+                raise ValueError("empty input: give at least one non-empty text or id list")
             return {"input_ids": ids.to(self.device)}
         if isinstance(inputs, str):
             inputs = [inputs]
-        rows = [self.encode(x) if isinstance(x, str) else list(x) for x in inputs]
+        inputs = list(inputs)
+        if inputs and all(_is_id(x) for x in inputs):
+            inputs = [inputs]  # a flat list of ids is one row
+        elif any(_is_id(x) for x in inputs):
+            raise ValueError(
+                "inputs mix token ids and rows: give one row of ids ([1, 5, 7]), a batch of rows "
+                "([[1, 5, 7], [1, 9]]), a text or a list of texts"
+            )
+        rows = [self.encode(x) if isinstance(x, str) else [int(t) for t in x] for x in inputs]
         if not rows or any(len(r) == 0 for r in rows):
             raise ValueError("empty input: give at least one non-empty text or id list")
         T = max(len(r) for r in rows)
@@ -238,8 +273,23 @@ class Model:
             mask[i, sl] = 1
         return {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
 
+    @property
+    def max_positions(self) -> int | None:
+        """How many positions the model has (``max_position_embeddings``); ``None`` if unknown."""
+        n = getattr(self.config, "max_position_embeddings", None) or getattr(self.config, "n_positions", None)
+        return int(n) if n else None
+
+    def check_length(self, n_tokens: int, what: str = "the input", advice: str | None = None) -> None:
+        """Raise a clear error when ``what`` (a sequence of ``n_tokens``) does not fit the
+        model's positions; ``advice`` says what to do (default: shorten it)."""
+        limit = self.max_positions
+        if limit is not None and n_tokens > limit:
+            advice = advice or f"shorten it to at most {limit} tokens"
+            raise ValueError(f"{what} needs {n_tokens} positions but {self.spec} has {limit} (max_position_embeddings): {advice}")
+
     def _run(self, batch, prompt_len: torch.Tensor | None = None):
         """One forward pass with absolute position ids (padding-aware)."""
+        self.check_length(int(batch["input_ids"].shape[1]))
         kwargs: dict[str, Any] = {"input_ids": batch["input_ids"], "use_cache": False}
         mask = batch.get("attention_mask")
         if mask is not None:
@@ -252,7 +302,9 @@ class Model:
         with torch.no_grad(), self.scope():
             return self.hf(**kwargs)
 
-    def forward(self, inputs, *, prompt_len: int | Sequence[int] | None = None, padding_side: str = "left") -> torch.Tensor:
+    def forward(
+        self, inputs, *, prompt_len: int | Sequence[int] | None = None, padding_side: PaddingSide = "left"
+    ) -> torch.Tensor:
         """Logits (B, T, vocab) of one forward pass; ``prompt_len`` marks where the
         ``generated`` phase begins (default: the whole input is prompt)."""
         return self._run(self.batch(inputs, padding_side), prompt_len).logits
@@ -265,7 +317,7 @@ class Model:
         positions: Sequence[int] | None = None,
         reduce: Mapping[str, Callable] | None = None,
         stop_early: bool = True,
-        padding_side: str = "left",
+        padding_side: PaddingSide = "left",
     ) -> Capture:
         """Read ``sites`` in one forward pass (see ``probes.models.capture``)."""
         if isinstance(sites, (str, Site)):
@@ -321,6 +373,13 @@ class Model:
             f"Model({self.spec!r}, family={self.family}, layers={self.n_layers}, heads={self.n_heads}"
             f"/{self.n_kv_heads}kv, d_model={self.d_model}{moe}, device={self.device}, dtype={self.dtype})"
         )
+
+
+def _is_id(x) -> bool:
+    """A single token id (an int or a 0-d integer tensor), as opposed to a row or a text."""
+    if isinstance(x, torch.Tensor):
+        return x.dim() == 0 and not x.is_floating_point()
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def _has(module: torch.nn.Module, path: str) -> bool:

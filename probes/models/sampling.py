@@ -5,17 +5,32 @@ the prefix"). Each row draws from its own ``torch.Generator`` seeded with its ow
 seed, so any rollout can be reproduced on its own: ``sample(prefix, 1, seeds=[s])``
 repeats the row that had seed ``s``. Finished rows (EOS or a stop string) leave the
 batch. Interventions active in ``model.intervene`` apply at every step, with absolute
-positions continuing from the prefix.
+positions continuing from the prefix. Logits that define no distribution (NaN or +inf,
+e.g. from an intervention's overflow) raise instead of yielding a token, and a prompt
+plus ``max_new_tokens`` must fit the model's positions.
 """
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+
+class FinishReason(StrEnum):
+    """Why a rollout ended (a ``StrEnum``: ``FinishReason.EOS == "eos"``)."""
+
+    #: the model emitted an end-of-sequence token (kept in ``token_ids``, not in ``text``)
+    EOS = "eos"
+    #: the decoded text reached a stop string (``text`` is cut before it)
+    STOP = "stop"
+    #: ``max_new_tokens`` were generated
+    LENGTH = "length"
 
 
 @dataclass(frozen=True)
@@ -24,7 +39,7 @@ class Rollout:
 
     text: str
     token_ids: list[int]
-    finish_reason: str  # "eos" | "stop" | "length"
+    finish_reason: FinishReason
     seed: int | None
 
 
@@ -55,8 +70,32 @@ def nucleus_threshold(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return asc.gather(-1, first)
 
 
-def draw(logits: torch.Tensor, temperature: float, top_p: float, top_k: int, gens: list[torch.Generator] | None):
-    """Next token per row: greedy at temperature 0, else nucleus sampling with each row's generator."""
+def check_logits(logits: torch.Tensor, rows: Sequence[int] | torch.Tensor | None = None) -> None:
+    """Raise if a row's (R, V) logits define no distribution: a NaN or +inf anywhere, or
+    every entry -inf (``torch.multinomial`` refuses such rows too). ``rows`` names the
+    rows in the message (default: their index in ``logits``)."""
+    top = logits.amax(-1)  # NaN if any entry is NaN, +inf if any is +inf, -inf if all are -inf
+    bad = ~torch.isfinite(top)
+    if bool(bad.any()):
+        idx = bad.nonzero().squeeze(1).tolist()
+        names = [int(rows[i]) for i in idx] if rows is not None else idx
+        raise ValueError(
+            f"the next-token logits of row(s) {names} contain NaN or +inf, or are all -inf, so no token can be "
+            "drawn from them; an intervention (check its scale and vector) or the model's weights produced them"
+        )
+
+
+def draw(
+    logits: torch.Tensor,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    gens: list[torch.Generator] | None,
+    rows: Sequence[int] | torch.Tensor | None = None,
+):
+    """Next token per row: greedy at temperature 0, else nucleus sampling with each row's
+    generator. Logits with no valid distribution raise (``check_logits``)."""
+    check_logits(logits, rows)
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits.float() / temperature
@@ -158,32 +197,34 @@ class _Decoder:
         if temperature < 0 or not 0 < top_p <= 1 or max_new_tokens < 1:
             raise ValueError(f"need temperature >= 0, 0 < top_p <= 1 and max_new_tokens >= 1, "
                              f"got {temperature}, {top_p}, {max_new_tokens}")
+        if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0 = no top-k cut), got {top_k!r}")
         self.model = model
-        self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
+        self.temperature, self.top_p, self.top_k = temperature, top_p, int(top_k)
         self.max_new_tokens = max_new_tokens
         self.stop = [s for s in ([stop] if isinstance(stop, str) else list(stop or ())) if s]
         self.stop_window = max((len(s) for s in self.stop), default=0) + 1
         self.eos = stop_token_ids(model, eos_token_ids)
         self.progress = progress
 
-    def run(self, cache, logits, next_pos, mask, gens, row_ids) -> dict[int, tuple[list[int], str]]:
+    def run(self, cache, logits, next_pos, mask, gens, row_ids) -> dict[int, tuple[list[int], FinishReason]]:
         model, tok = self.model, self.model.tokenizer
         out: dict[int, list[int]] = {int(r): [] for r in row_ids}
-        done: dict[int, tuple[list[int], str]] = {}
+        done: dict[int, tuple[list[int], FinishReason]] = {}
         bar = tqdm(total=self.max_new_tokens, desc="decode", disable=not self.progress, leave=False)
         for step in range(self.max_new_tokens):
-            nxt = draw(logits, self.temperature, self.top_p, self.top_k, gens)
+            nxt = draw(logits, self.temperature, self.top_p, self.top_k, gens, row_ids)
             keep = []
             for j, t in enumerate(nxt.tolist()):
                 rid = int(row_ids[j])
                 out[rid].append(t)
                 reason = None
                 if t in self.eos:
-                    reason = "eos"
+                    reason = FinishReason.EOS
                 elif self.stop and any(s in tok.decode(out[rid][-self.stop_window:]) for s in self.stop):
-                    reason = "stop"
+                    reason = FinishReason.STOP
                 elif step == self.max_new_tokens - 1:
-                    reason = "length"
+                    reason = FinishReason.LENGTH
                 if reason:
                     done[rid] = (out[rid], reason)
                 else:
@@ -211,14 +252,44 @@ class _Decoder:
         bar.close()
         return done
 
-    def rollout(self, ids: list[int], reason: str, seed) -> Rollout:
+    def check_fits(self, prompt_tokens: int, what: str = "the prompt") -> None:
+        """Raise when ``prompt_tokens`` + ``max_new_tokens`` exceed the model's positions."""
+        limit, n = self.model.max_positions, prompt_tokens + self.max_new_tokens
+        if limit is None or n <= limit:
+            return
+        room = limit - prompt_tokens
+        advice = (f"lower max_new_tokens to at most {room} or shorten {what}" if room >= 1
+                  else f"shorten {what} to at most {limit - 1} tokens")
+        self.model.check_length(n, f"{what} ({prompt_tokens} tokens) + max_new_tokens ({self.max_new_tokens})", advice)
+
+    def rollout(self, ids: list[int], reason: FinishReason, seed) -> Rollout:
         tok = self.model.tokenizer
-        body = ids[:-1] if reason == "eos" else ids
+        body = ids[:-1] if reason == FinishReason.EOS else ids
         text = tok.decode(body, skip_special_tokens=False)
-        if reason == "stop":
+        if reason == FinishReason.STOP:
             cut = min((text.find(s) for s in self.stop if s in text), default=len(text))
             text = text[:cut]
         return Rollout(text=text, token_ids=list(ids), finish_reason=reason, seed=seed)
+
+
+def _prefix_ids(model, prefix) -> list[int]:
+    """One prefix as a list of ids: a text, a list of ids, or a (T,) / (1, T) tensor."""
+    if isinstance(prefix, str):
+        ids = model.encode(prefix)
+    elif isinstance(prefix, torch.Tensor):
+        if prefix.dim() > 2 or (prefix.dim() == 2 and prefix.shape[0] != 1):
+            raise ValueError(f"sample takes one prefix; got a tensor of shape {tuple(prefix.shape)} "
+                             "(use generate for one continuation per prompt)")
+        ids = prefix.reshape(-1).tolist()
+    else:
+        ids = list(prefix)
+        if ids and not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in ids):
+            raise ValueError("sample takes one prefix: a text or a list of token ids "
+                             "(use generate for one continuation per prompt)")
+        ids = [int(t) for t in ids]
+    if not ids:
+        raise ValueError("empty prefix: give a non-empty text or list of token ids")
+    return ids
 
 
 def sample(
@@ -245,11 +316,10 @@ def sample(
     seeds = list(seeds) if seeds is not None else [seed + i for i in range(n)]
     if len(seeds) != n:
         raise ValueError(f"got {len(seeds)} seeds for n={n} rollouts")
-    ids = model.encode(prefix) if isinstance(prefix, str) else list(prefix)
-    if not ids:
-        raise ValueError("empty prefix")
+    ids = _prefix_ids(model, prefix)
     dec = _Decoder(model, temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
                    stop=stop, eos_token_ids=eos_token_ids, progress=progress)
+    dec.check_fits(len(ids), "the prefix")
     dev, P = model.device, len(ids)
     results: list[Rollout | None] = [None] * n
     with torch.no_grad(), model.scope():
@@ -302,6 +372,7 @@ def generate(
     B = ids.shape[0]
     dec = _Decoder(model, temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
                    stop=stop, eos_token_ids=eos_token_ids, progress=progress)
+    dec.check_fits(ids.shape[1], "the longest prompt" if B > 1 else "the prompt")
     lens = mask.sum(1) if mask is not None else torch.full((B,), ids.shape[1], device=ids.device)
     pos = (mask.long().cumsum(-1) - 1).clamp(min=0) if mask is not None else None
     gens = [torch.Generator(device=ids.device).manual_seed(seed + i) for i in range(B)] if temperature > 0 else None

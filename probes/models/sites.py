@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import torch
@@ -72,13 +73,30 @@ class Site:
         return self.name if self.layer is None else f"{self.name}[{self.layer}]"
 
 
+class HookKind(StrEnum):
+    """Where a site's hook runs (a ``StrEnum``: ``HookKind.FWD == "fwd"``)."""
+
+    #: a torch forward hook on ``module`` (reads and replaces its output)
+    FWD = "fwd"
+    #: a torch forward pre-hook on ``module`` (reads and replaces its input)
+    PRE = "pre"
+    #: inside the ``probes`` attention function, on the pre-softmax scores of ``layer``
+    SCORES = "scores"
+    #: inside the ``probes`` attention function, on the softmax pattern of ``layer``
+    PATTERN = "pattern"
+
+    @property
+    def in_attention(self) -> bool:
+        return self in (HookKind.SCORES, HookKind.PATTERN)
+
+
 @dataclass
 class HookPoint:
-    """How to reach one site: ``kind`` is ``fwd``/``pre`` (a torch hook on ``module``)
-    or ``scores``/``pattern`` (inside the attention function of ``layer``)."""
+    """How to reach one site: a torch hook on ``module`` (``HookKind.FWD``/``PRE``) or a
+    hook inside the attention function of ``layer`` (``HookKind.SCORES``/``PATTERN``)."""
 
     site: Site
-    kind: str
+    kind: HookKind
     module: torch.nn.Module | None
     layer: int | None
     get: Callable[[Any], Any]
@@ -123,27 +141,27 @@ def resolve(model, site: str | Site) -> HookPoint:
             mod = model.hf.get_submodule(site.path)
         except AttributeError:
             raise ValueError(f"no module {site.path!r} in {model.spec}; see `probes info` for the site table") from None
-        return HookPoint(site, "fwd", mod, None, _out_get, _out_put)
+        return HookPoint(site, HookKind.FWD, mod, None, _out_get, _out_put)
     if site.name == "embed":
-        return HookPoint(site, "fwd", model.hf.get_submodule(ad.embed), None, _out_get, _out_put, d_model)
+        return HookPoint(site, HookKind.FWD, model.hf.get_submodule(ad.embed), None, _out_get, _out_put, d_model)
     if site.name == "final_norm":
-        return HookPoint(site, "fwd", model.hf.get_submodule(ad.final_norm), None, _out_get, _out_put, d_model)
+        return HookPoint(site, HookKind.FWD, model.hf.get_submodule(ad.final_norm), None, _out_get, _out_put, d_model)
     if site.name == "logits":
-        return HookPoint(site, "fwd", model.hf.get_submodule(ad.lm_head), None, _out_get, _out_put, cfg.vocab_size)
+        return HookPoint(site, HookKind.FWD, model.hf.get_submodule(ad.lm_head), None, _out_get, _out_put, cfg.vocab_size)
     L = model.check_layer(site.layer, site)
     block = model.layers[L]
     if site.name == "resid_pre":
-        return HookPoint(site, "pre", block, L, _in_get, _in_put, d_model)
+        return HookPoint(site, HookKind.PRE, block, L, _in_get, _in_put, d_model)
     if site.name == "resid_mid":
-        return HookPoint(site, "pre", block.get_submodule(ad.layer_mid_norm), L, _in_get, _in_put_inplace, d_model)
+        return HookPoint(site, HookKind.PRE, block.get_submodule(ad.layer_mid_norm), L, _in_get, _in_put_inplace, d_model)
     if site.name == "resid_post":
-        return HookPoint(site, "fwd", block, L, _out_get, _out_put, d_model)
+        return HookPoint(site, HookKind.FWD, block, L, _out_get, _out_put, d_model)
     if site.name == "attn_out":
-        return HookPoint(site, "fwd", block.get_submodule(ad.layer_attn), L, _out_get, _out_put, d_model)
+        return HookPoint(site, HookKind.FWD, block.get_submodule(ad.layer_attn), L, _out_get, _out_put, d_model)
     if site.name == "mlp_out":
-        return HookPoint(site, "fwd", block.get_submodule(ad.layer_mlp), L, _out_get, _out_put, d_model)
+        return HookPoint(site, HookKind.FWD, block.get_submodule(ad.layer_mlp), L, _out_get, _out_put, d_model)
     if site.name in ("attn_scores", "attn_pattern"):
-        kind = "scores" if site.name == "attn_scores" else "pattern"
+        kind = HookKind.SCORES if site.name == "attn_scores" else HookKind.PATTERN
         return HookPoint(site, kind, None, L, lambda w: w, lambda _w, v: v)
     if site.name == "head_out":
         H, D = model.n_heads, model.d_head
@@ -155,7 +173,7 @@ def resolve(model, site: str | Site) -> HookPoint:
         def put(payload, value):
             return _in_put(payload, value.reshape(*value.shape[:-2], H * D))
 
-        return HookPoint(site, "pre", block.get_submodule(ad.layer_o_proj), L, get, put, D)
+        return HookPoint(site, HookKind.PRE, block.get_submodule(ad.layer_o_proj), L, get, put, D)
     if site.name in MOE_SITES:
         gate = model.router(L, site)
         if site.name == "router_logits":
@@ -164,7 +182,7 @@ def resolve(model, site: str | Site) -> HookPoint:
                 B, T = model.ctx.batch_shape
                 return out[0].view(B, T, -1)
 
-            return HookPoint(site, "fwd", gate, L, get, None, model.n_experts)
+            return HookPoint(site, HookKind.FWD, gate, L, get, None, model.n_experts)
 
         def get(out):
             B, T = model.ctx.batch_shape
@@ -174,5 +192,5 @@ def resolve(model, site: str | Site) -> HookPoint:
             ids, w = value
             return out[0], w.reshape(out[1].shape).to(out[1].dtype), ids.reshape(out[2].shape)
 
-        return HookPoint(site, "fwd", gate, L, get, put)
+        return HookPoint(site, HookKind.FWD, gate, L, get, put)
     raise AssertionError(site)

@@ -2,8 +2,15 @@
 
 ``model.nnsight`` and ``model.tl`` let people keep the API they know while reading the
 same weights as the torch-hook path (``model.capture`` / ``model.intervene``);
-``tests/test_views.py`` proves the three paths see the same numbers. Neither library
-is imported until a view is built (``import probes`` stays light).
+``tests/parity/test_views.py`` proves the three paths see the same numbers. Neither
+library is imported until a view is built (``import probes`` stays light).
+
+**Interventions.** ``model.nnsight`` runs ``model.hf`` itself, so inside
+``with model.intervene(...)`` its traces see the interventions exactly as
+``model.forward`` does. ``model.tl`` runs TransformerLens' own copy of the module tree
+(below), which probes' hooks never reach: rather than silently return un-intervened
+numbers, it raises while any intervention is active. Steer the bridge with its own
+hooks (``model.tl.run_with_hooks``) outside the scope.
 
 **nnsight** (``nnsight_view``): a ``LanguageModel`` around ``model.hf`` itself and
 ``model.tokenizer``. nnsight leaves the module tree alone; it sets an instance
@@ -201,12 +208,35 @@ def tl_view(model):
             "booting TransformerLens changed model.hf (module tree or attention implementation); "
             "the probes path would silently lose attn_pattern/attn_scores and SuppressKeys"
         )
+    _refuse_inside_interventions(model, bridge)
     # enable_compatibility_mode rewrites weights (some in place): copy them first.
     original = bridge.enable_compatibility_mode
     object.__setattr__(
         bridge, "enable_compatibility_mode", functools.partial(_compat_on_own_weights, bridge, original)
     )
     return bridge
+
+
+def _refuse_inside_interventions(model, bridge) -> None:
+    """Make every run of the bridge (forward, run_with_cache, run_with_hooks, generate:
+    all call the shell's forward) raise while ``model`` has interventions attached."""
+    from probes.models.interventions import active
+
+    ref = weakref.ref(model)
+
+    def check(_module, _args, _kwargs):
+        m = ref()
+        ivs = active(m) if m is not None else ()
+        if ivs:
+            names = ", ".join(type(iv).__name__ for iv in ivs)
+            raise RuntimeError(
+                f"model.tl cannot apply the active interventions ({names}): TransformerLens runs its own copy of "
+                "the module tree, which probes' hooks do not reach. Use model.forward / model.capture / "
+                "model.sample or model.nnsight inside `with model.intervene(...)`, or steer the bridge with its "
+                "own hooks (model.tl.run_with_hooks) outside it"
+            )
+
+    bridge.original_model.register_forward_pre_hook(check, with_kwargs=True)
 
 
 __all__ = ["nnsight_view", "tl_view", "shell"]

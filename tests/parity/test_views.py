@@ -120,6 +120,30 @@ def test_paths_steer_the_same(tiny_models, family):
     _close(probes_logits, tl_logits, "AddVector vs TL hook on blocks.0.hook_resid_post")
 
 
+@pytest.mark.parametrize("family", ["qwen3", "gpt2"])
+def test_views_inside_an_intervention_scope(tiny_models, family):
+    """nnsight runs model.hf itself, so its traces see active interventions exactly as
+    model.forward does; TransformerLens runs its own module tree, which probes' hooks
+    never reach, so it refuses instead of returning un-intervened numbers."""
+    model = tiny_models(family)
+    ids = _ids(model, seed=7)
+    v = torch.randn(model.d_model, generator=torch.Generator().manual_seed(8)) * 3
+    plain = model.forward(ids)
+    ivs = (AddVector(site="resid_post[0]", vector=v, positions=[3, 4]), SuppressKeys(span=(1, 3), layers=[1]))
+    with model.intervene(*ivs):
+        steered = model.forward(ids)
+        with model.nnsight.trace(ids):
+            nn_logits = model.nnsight.output.logits.save()
+        with pytest.raises(RuntimeError, match=r"model.tl cannot apply the active interventions \(AddVector, SuppressKeys\)"):
+            model.tl(ids)
+        with pytest.raises(RuntimeError, match="model.tl cannot apply"):
+            model.tl.run_with_cache(ids)
+    assert (steered - plain).abs().max() > 1e-3
+    _close(nn_logits, steered, "nnsight inside model.intervene vs model.forward")
+    _close(model.tl(ids), plain, "TL after the scope")  # usable again once the scope is closed
+    assert _foreign_or_left_hooks(model) == []
+
+
 def _foreign_or_left_hooks(model):
     """(module path, what) for every hook or foreign module left on ``model.hf``."""
     bad = []

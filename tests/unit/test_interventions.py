@@ -16,6 +16,7 @@ from probes.models import (
     SuppressKeys,
     Trigger,
 )
+from probes.models.interventions import NormScope
 
 PROMPT = "<bos><|user|>Alice has 3 apples and buys 5 more.<|end|><|assistant|><think>"
 
@@ -81,12 +82,66 @@ def test_scale_heads_zero_and_norm_preserving(family, tiny_models):
     z[:, :, [0, 2]] = 0
     torch.testing.assert_close(got["head_out[1]"], z)
     torch.testing.assert_close(got["attn_out[1]"], o_proj(z.flatten(-2)), atol=1e-6, rtol=1e-5)
+    z0 = base["head_out[1]"]
+    ablated = z0.clone()
+    ablated[:, :, 0] = 0
+    # default: each token's (heads × d_head) output keeps its own norm
     with model.intervene(ScaleHeads(heads=[(1, 0)], scale=0.0, rescale_norm=True)):
         got = model.capture(PROMPT, ["head_out[1]"])["head_out[1]"]
-    z = base["head_out[1]"].clone()
-    z[:, :, 0] = 0
-    z = z * base["head_out[1]"].norm() / z.norm()  # Frobenius norm over batch × positions × heads
-    torch.testing.assert_close(got, z, atol=1e-6, rtol=1e-5)
+    per_token = ablated * z0.norm(dim=(-2, -1), keepdim=True) / ablated.norm(dim=(-2, -1), keepdim=True)
+    torch.testing.assert_close(got, per_token, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(got.norm(dim=(-2, -1)), z0.norm(dim=(-2, -1)))
+    # the reference's mode: one Frobenius norm over batch × positions × heads
+    with model.intervene(ScaleHeads(heads=[(1, 0)], scale=0.0, rescale_norm=True, norm_over=NormScope.TENSOR)):
+        got = model.capture(PROMPT, ["head_out[1]"])["head_out[1]"]
+    torch.testing.assert_close(got, ablated * z0.norm() / ablated.norm(), atol=1e-6, rtol=1e-5)
+    # every head of a layer ablated: nothing to rescale, the output stays 0 (no NaN)
+    with model.intervene(ScaleHeads(heads=[(1, h) for h in range(model.n_heads)], rescale_norm=True)):
+        got = model.capture(PROMPT, ["head_out[1]"])["head_out[1]"]
+    assert torch.equal(got, torch.zeros_like(got))
+
+
+def _decode_with_cache(model, ids: list[int], prompt_len: int) -> torch.Tensor:
+    """Logits of ``ids`` computed as KV-cache decoding does: the prompt in one forward,
+    then one token per forward (T, vocab)."""
+    from transformers import DynamicCache
+
+    cache, x = DynamicCache(config=model.hf.config), torch.tensor([ids])
+    with torch.no_grad(), model.scope():
+        out = [model.hf(input_ids=x[:, :prompt_len], past_key_values=cache, use_cache=True).logits[0]]
+        for t in range(prompt_len, len(ids)):
+            out.append(model.hf(input_ids=x[:, t:t + 1], past_key_values=cache, use_cache=True).logits[0])
+    return torch.cat(out)
+
+
+def test_scale_heads_norm_is_the_same_under_the_cache_and_the_batch(qwen):
+    """The per-token default gives one forward pass = KV-cache decoding and a row alone =
+    the same row in a left-padded batch; the reference's whole-tensor mode gives neither."""
+    other = "<bos>hello there, résumé 🙂 and more words to pad"
+    P = len(qwen.encode(PROMPT))
+    gaps = {}
+    for over in NormScope:
+        iv = ScaleHeads(heads=[(0, 1), (1, 0), (1, 2)], scale=0.0, rescale_norm=True, norm_over=over)
+        with qwen.intervene(iv):
+            out = qwen.generate(PROMPT, max_new_tokens=6, eos_token_ids=[])[0]
+            ids = qwen.encode(PROMPT) + out.token_ids
+            full = qwen.forward([ids], prompt_len=P)[0]
+            cached = _decode_with_cache(qwen, ids, P)
+            batched = qwen.forward([PROMPT + "Sure", other])[0]
+            alone = qwen.forward(PROMPT + "Sure")[0]
+        gaps[over] = ((full - cached).abs().max().item(), (batched[-alone.shape[0]:] - alone).abs().max().item())
+        if over is NormScope.TOKEN:
+            assert full[P - 1:-1].argmax(-1).tolist() == out.token_ids  # generate decodes what forward predicts
+    assert max(gaps[NormScope.TOKEN]) < 1e-4, gaps
+    assert min(gaps[NormScope.TENSOR]) > 1e-3, gaps  # documented: batch- and cache-dependent
+
+
+def test_scale_heads_options_are_checked():
+    with pytest.raises(ValueError, match="norm_over"):
+        ScaleHeads(heads=[(0, 0)], rescale_norm="tensor")
+    with pytest.raises(ValueError, match="unknown norm_over 'batch'"):
+        ScaleHeads(heads=[(0, 0)], rescale_norm=True, norm_over="batch")
+    assert ScaleHeads(heads=[(0, 0)], norm_over="tensor").norm_over is NormScope.TENSOR == "tensor"
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "olmoe"])
@@ -108,6 +163,34 @@ def test_suppress_keys_renormalises_layer0_pattern(family, tiny_models):
     torch.testing.assert_close(got["attn_pattern[0]"][0, [0, 2]], base[0, [0, 2]])
 
 
+@pytest.mark.parametrize("family", ["qwen3", "gpt2"])
+def test_suppress_keys_never_unmasks_future_or_padding_keys(family, tiny_models):
+    """Suppressing every key a query can see leaves it nothing: zero weights and a zero
+    head output, never attention on future or padding keys (which tie with suppressed
+    keys if both sit at the dtype's minimum)."""
+    model = tiny_models(family)
+    batch = model.batch([PROMPT, "<bos>hello there"])  # row 1 is left-padded
+    pad = int((batch["attention_mask"][1] == 0).sum())
+    base = model.capture(batch, ["attn_pattern[0]"])["attn_pattern[0]"]
+    with model.intervene(SuppressKeys(span=(0, 2))):
+        got = model.capture(batch, ["attn_pattern[0]", "head_out[0]", "logits"])
+    w, T = got["attn_pattern[0]"], base.shape[-1]
+    assert torch.isfinite(got["logits"]).all()
+    for row, first in ((0, 0), (1, pad)):  # ``first``: index of the row's position 0
+        # absolute positions 0 and 1 see only suppressed keys: all-zero rows, zero output
+        assert torch.equal(w[row, :, first:first + 2], torch.zeros_like(w[row, :, first:first + 2]))
+        assert torch.equal(got["head_out[0]"][row, first:first + 2], torch.zeros_like(got["head_out[0]"][row, :2]))
+        # later queries: keys 0, 1 removed, the rest renormalised (hand computation from the base pattern)
+        want = base[row, :, first + 2:].clone()
+        want[..., :first + 2] = 0
+        want = want / want.sum(-1, keepdim=True)
+        torch.testing.assert_close(w[row, :, first + 2:], want, atol=1e-6, rtol=1e-5)
+    # no query of a real token puts any weight on a future key or a padding key
+    future = torch.ones(T, T, dtype=torch.bool).triu(1)
+    assert w[:, :, future].abs().max() == 0
+    assert w[1, :, pad:, :pad].abs().max() == 0
+
+
 @pytest.mark.parametrize("family", ["qwen3_moe", "mixtral"])
 def test_scale_experts_only_where_selected(family, tiny_models):
     model = tiny_models(family)
@@ -126,6 +209,19 @@ def test_scale_experts_only_where_selected(family, tiny_models):
         _, w3 = model.capture(PROMPT, [f"expert_topk[{L}]"])[f"expert_topk[{L}]"]
     boosted = torch.where(ids == e, w * 4.0, w)
     torch.testing.assert_close(w3, boosted * w.sum(-1, keepdim=True) / boosted.sum(-1, keepdim=True))
+
+
+def test_scale_experts_to_zero_with_renormalisation_silences_the_experts(tiny_models):
+    """Σw′ = 0 cannot be rescaled to Σw: the weights stay 0 (not 0/0 = NaN), so the
+    routed experts add nothing and the MoE block outputs exactly 0 (no shared expert)."""
+    model = tiny_models("qwen3_moe")
+    L = model.moe_layers[0]
+    with model.intervene(ScaleExperts(scales={(L, e): 0.0 for e in range(model.n_experts)}, renormalize=True)):
+        cap = model.capture(PROMPT, [f"expert_topk[{L}]", f"mlp_out[{L}]", "logits"])
+    _, w = cap[f"expert_topk[{L}]"]
+    assert torch.equal(w, torch.zeros_like(w))
+    assert torch.equal(cap[f"mlp_out[{L}]"], torch.zeros_like(cap[f"mlp_out[{L}]"]))
+    assert torch.isfinite(cap["logits"]).all()
 
 
 def test_force_experts_follows_steermoe(tiny_models):
@@ -197,8 +293,48 @@ def test_forward_and_kv_cache_generation_agree(family, tiny_models):
     assert plain.token_ids != out.token_ids  # the interventions did something
 
 
+@pytest.fixture(scope="module")
+def mixed_moe(tiny_tokenizer):
+    """A Qwen3-MoE whose layer 0 is dense (``mlp_only_layers``), layer 1 MoE."""
+    import transformers as T
+
+    from probes.models.load import from_hf
+
+    torch.manual_seed(0)
+    cfg = T.Qwen3MoeConfig(vocab_size=len(tiny_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=4,
+                           num_experts_per_tok=2, moe_intermediate_size=32, mlp_only_layers=[0])
+    return from_hf(T.Qwen3MoeForCausalLM(cfg).eval(), tiny_tokenizer, spec="tiny:mixed-moe")
+
+
+def test_failed_intervene_leaves_no_hook(tiny_models, mixed_moe):
+    """Every intervention is validated before any hook is attached; a bad one (even the
+    last, even one whose error comes from its second layer) leaves the model bare."""
+    assert mixed_moe.moe_layers == [1]
+    ok = AddVector(site="resid_post[0]", vector=torch.ones(mixed_moe.d_model))
+    with pytest.raises(ValueError, match=r"layer 0 of tiny:mixed-moe is dense; MoE layers are \[1\]"):
+        with mixed_moe.intervene(ok, SuppressKeys(span=(0, 2)), ForceExperts(layers=[1, 0], include=[2])):
+            pass
+    _no_hooks(mixed_moe)
+    with pytest.raises(ValueError, match="dense"):
+        ForceExperts(layers=[1, 0], include=[2]).attach(mixed_moe)
+    _no_hooks(mixed_moe)
+    dense = tiny_models("qwen3")
+    with pytest.raises(ValueError, match=r"head 9 out of range"):
+        with dense.intervene(ok, ScaleHeads(heads=[(0, 1), (1, 9)])):
+            pass
+    _no_hooks(dense)
+    with pytest.raises(TypeError, match="model.intervene takes interventions"):
+        with dense.intervene(ok, "resid_post[0]"):
+            pass
+    _no_hooks(dense)
+
+
 def test_bad_interventions(tiny_models):
     dense = tiny_models("qwen3")
+    with pytest.raises(ValueError, match=r"ForceExperts needs a mixture-of-experts model, but tiny:qwen3 \(qwen3\) is dense"):
+        with dense.intervene(ForceExperts(include=[1])):
+            pass
     with pytest.raises(ValueError, match="width 7 but the site has width 64"):
         with dense.intervene(AddVector(site="resid_post[0]", vector=torch.ones(7))):
             pass

@@ -1,5 +1,7 @@
 """Shared-prefix sampler: per-row reproducibility, stopping, interventions, parity with HF."""
 
+import json
+
 import pytest
 import torch
 
@@ -79,6 +81,53 @@ def test_bad_sampling_arguments(qwen):
         qwen.sample(PROMPT, 3, seeds=[1, 2])
     with pytest.raises(ValueError, match="top_p"):
         qwen.sample(PROMPT, 1, top_p=0.0)
+    with pytest.raises(ValueError, match=r"top_k must be an integer >= 0 \(0 = no top-k cut\), got -1"):
+        qwen.sample(PROMPT, 1, top_k=-1)
+    with pytest.raises(ValueError, match="top_k"):
+        qwen.generate(PROMPT, top_k=-3)
+    with pytest.raises(ValueError, match="sample takes one prefix"):
+        qwen.sample([[1, 2], [1, 3]], 1)
+
+
+def test_prompt_plus_new_tokens_must_fit_the_positions(qwen):
+    P = len(qwen.encode(PROMPT))  # the tiny models have 512 positions
+    with pytest.raises(ValueError, match=rf"the prefix \({P} tokens\) \+ max_new_tokens \(600\) needs {P + 600} "
+                                         rf"positions but tiny:qwen3 has 512 \(max_position_embeddings\): "
+                                         rf"lower max_new_tokens to at most {512 - P}"):
+        qwen.sample(PROMPT, 2, max_new_tokens=600)
+    with pytest.raises(ValueError, match=r"the longest prompt \(\d+ tokens\) \+ max_new_tokens \(510\)"):
+        qwen.generate([PROMPT, "hello"], max_new_tokens=510)
+    with pytest.raises(ValueError, match="shorten the prompt to at most 511 tokens"):
+        qwen.generate([[1] * 512], max_new_tokens=1)
+    assert len(qwen.sample([1] * 508, 1, max_new_tokens=4, eos_token_ids=[])[0].token_ids) == 4  # exactly fits
+
+
+def test_nan_logits_raise_instead_of_picking_the_last_token(qwen):
+    """NaN compares false with everything: inverse-CDF sampling used to return the last
+    vocabulary id and argmax the NaN's index; both now raise, as torch.multinomial does."""
+    from probes.models.sampling import check_logits
+
+    logits = torch.zeros(3, 5)
+    logits[1, 2] = float("nan")
+    logits[2] = float("-inf")
+    with pytest.raises(ValueError, match=r"row\(s\) \[1, 2\] contain NaN or \+inf, or are all -inf"):
+        draw(logits, 1.0, 1.0, 0, [torch.Generator().manual_seed(0)] * 3)
+    with pytest.raises(ValueError, match=r"row\(s\) \[7\]"):
+        check_logits(logits[1:2], rows=[7])
+    nan = torch.full((qwen.vocab_size,), float("nan"))
+    with qwen.intervene(AddVector(site="logits", vector=nan, positions="generated")):
+        with pytest.raises(ValueError, match=r"row\(s\) \[0, 1\] contain NaN"):
+            qwen.sample(PROMPT, 2, max_new_tokens=3, eos_token_ids=[])
+        with pytest.raises(ValueError, match="contain NaN"):
+            qwen.generate(PROMPT, max_new_tokens=3, eos_token_ids=[])
+
+
+def test_finish_reasons_are_an_enum_equal_to_their_names(qwen):
+    from probes.models.sampling import FinishReason
+
+    row = qwen.sample(PROMPT, 1, max_new_tokens=2, eos_token_ids=[])[0]
+    assert row.finish_reason is FinishReason.LENGTH and row.finish_reason == "length"
+    assert f"{row.finish_reason}" == "length" and json.dumps(row.finish_reason) == '"length"'
 
 
 def test_logit_interventions_apply_to_the_prefill_token(qwen):

@@ -168,3 +168,35 @@ def test_hf_output_attentions_still_works(family, tiny_tokenizer):
     for a, b in zip(ours, ref):
         mask = batch["attention_mask"].bool()[:, None, :, None]  # padded query rows are irrelevant
         torch.testing.assert_close(a * mask, b * mask, atol=1e-6, rtol=1e-5)
+
+
+def test_inputs_one_row_of_ids_and_length_limits(tiny_models):
+    """A flat list of ids is one row (as a 1-D tensor and a ``sample`` prefix are);
+    mixing ids and rows, and inputs longer than the model's positions, fail clearly."""
+    model = tiny_models("qwen3")
+    ids = model.encode(TEXTS[0])
+    want = model.capture([ids], ["resid_post[0]"])["resid_post[0]"]
+    for one_row in (ids, torch.tensor(ids)):
+        torch.testing.assert_close(model.capture(one_row, ["resid_post[0]"])["resid_post[0]"], want)
+    torch.testing.assert_close(model.forward(ids), model.forward([ids]))
+    with pytest.raises(ValueError, match="inputs mix token ids and rows"):
+        model.capture([ids[0], ids[1:]], ["resid_post[0]"])
+    with pytest.raises(ValueError, match="padding_side must be 'left' or 'right'"):
+        model.forward(TEXTS, padding_side="middle")
+    too_long = [1] * 513  # the tiny models have 512 positions
+    msg = r"the input needs 513 positions but tiny:qwen3 has 512 \(max_position_embeddings\): shorten it to at most 512"
+    with pytest.raises(ValueError, match=msg):
+        model.forward(too_long)
+    with pytest.raises(ValueError, match=msg):
+        model.capture([too_long, ids], ["resid_post[0]"])
+    assert model.forward([1] * 512).shape[1] == 512
+
+
+def test_hook_kinds_are_an_enum_equal_to_their_names(tiny_models):
+    from probes.models.sites import HookKind, resolve
+
+    model = tiny_models("qwen3")
+    kinds = {s: resolve(model, s).kind for s in ("resid_pre[0]", "resid_post[0]", "attn_scores[0]", "attn_pattern[1]")}
+    assert kinds == {"resid_pre[0]": "pre", "resid_post[0]": "fwd", "attn_scores[0]": "scores", "attn_pattern[1]": "pattern"}
+    assert all(isinstance(k, HookKind) for k in kinds.values())
+    assert [k.in_attention for k in kinds.values()] == [False, False, True, True]
