@@ -152,7 +152,7 @@ def stage_report(ctx: Context):
     labels = [f"{p}:{tokens[p]}" for p in lens.positions]
     report.add_heading("Logit lens")
     report.add_figure(logit_lens_figure(top_tokens, lens.top_probs, position_labels=labels,
-                                        layer_labels=[f"L{L}" for L in range(lens.top_ids.shape[1])],
+                                        layer_labels=[f"L{L}" for L in range(lens.top_ids.shape[0])],
                                         title=f"Logit lens over the last {len(labels)} positions"),
                       "logit_lens", caption="Top next-token prediction decoded from each layer's residual stream.")
 

@@ -209,7 +209,7 @@ def stage_rollouts(ctx: Context) -> None:
         report = resample_chunks(
             ctx.model, t.pdir, n=cfg.n_rollouts, temperature=cfg.temperature, top_p=cfg.top_p,
             max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, forced=cfg.forced, forced_dir=t.fdir,
-            batch_size=cfg.batch_size,
+            batch_size=cfg.batch_size, compat=cfg.compat,
         )
         if not (report.corrupted or report.failed):
             ctx.mark("rollouts", t.key, n=cfg.n_rollouts, forced=cfg.forced)

@@ -4,7 +4,9 @@ Implements DESIGN.md "Flow of data" (``probes.io`` imports nothing of probes). E
 goes to a temporary file in the same directory, is fsynced, then renamed over the target,
 so a reader (or a resumed run) never sees a half-written file; a killed write leaves only a
 ``.NAME.<hex>.tmp`` file, which ``remove_stale_temps`` clears. Tensors are stored as
-safetensors only: pickle checkpoints are refused because loading them runs code.
+safetensors only: pickle checkpoints are refused because loading them runs code. A result
+value object saves as ``<name>.safetensors`` (its arrays) and then ``<name>.json`` (the rest,
+with the result type), so a pair with its JSON is complete (DESIGN.md "Results, runs and figures").
 """
 
 from __future__ import annotations
@@ -20,11 +22,15 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
     import torch
 
 __all__ = [
     "PickleRefusedError",
+    "artifact_paths",
+    "load_artifact",
+    "save_artifact",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
@@ -137,9 +143,11 @@ def save_tensors(
 
 def _refuse_pickle(path: Path) -> None:
     with open(path, "rb") as f:
-        head = f.read(4)
+        head = f.read(9)
+    # A safetensors file is an 8-byte little-endian header length, then the JSON header ("{").
     # Pickles start with the PROTO opcode 0x80; torch.save writes a zip ("PK\x03\x04").
-    if path.suffix.lower() in _PICKLE_SUFFIXES or head[:1] == b"\x80" or head == b"PK\x03\x04":
+    safetensors = len(head) == 9 and head[8:9] == b"{"
+    if path.suffix.lower() in _PICKLE_SUFFIXES or (not safetensors and (head[:1] == b"\x80" or head[:4] == b"PK\x03\x04")):
         raise PickleRefusedError(
             f"{path}: pickle checkpoints are refused: convert to safetensors "
             "(safetensors.torch.save_file(torch.load(path, weights_only=True), 'x.safetensors'))"
@@ -189,6 +197,52 @@ def remove_stale_temps(directory: str | os.PathLike[str]) -> list[Path]:
     for p in removed:
         p.unlink(missing_ok=True)
     return removed
+
+
+# -- result value objects: arrays as safetensors beside a JSON of everything else ---------------------
+
+_FORMAT = 1
+
+
+def artifact_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """(arrays file, JSON file) of the artifact named by ``path``."""
+    path = Path(path)
+    if path.suffix in (".safetensors", ".json"):
+        path = path.with_suffix("")
+    return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
+
+
+def save_artifact(path: str | os.PathLike[str], kind: str, arrays: Mapping[str, np.ndarray | torch.Tensor],
+                  fields: Mapping[str, Any]) -> Path:
+    """Write ``arrays`` (numpy or torch) as safetensors and ``fields`` (JSON-able) as JSON; returns
+    the safetensors path. The JSON is written last, so a complete pair always has it."""
+    import numpy as np
+    import torch
+
+    tensors_path, json_path = artifact_paths(path)
+    save_tensors(tensors_path, {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v, copy=True))
+                                for k, v in arrays.items()})
+    atomic_write_json(json_path, {"type": kind, "format": _FORMAT, "arrays": sorted(arrays), "fields": dict(fields)})
+    return tensors_path
+
+
+def load_artifact(path: str | os.PathLike[str], kind: str, *, device: str | None = None
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(arrays, fields) of an artifact written by ``save_artifact`` for type ``kind``: numpy
+    arrays, or torch tensors on ``device`` when one is given."""
+    tensors_path, json_path = artifact_paths(path)
+    if not json_path.is_file():
+        raise FileNotFoundError(f"{json_path} does not exist: a saved {kind} is a pair {tensors_path.name} + "
+                                f"{json_path.name}; pass the path given to save()")
+    meta = json.loads(json_path.read_text(encoding="utf-8"))
+    if meta.get("type") != kind:
+        raise ValueError(f"{json_path} holds a {meta.get('type')!r}, not a {kind}: load it with {meta.get('type')}.load")
+    loaded = load_tensors(tensors_path, device=device or "cpu")
+    arrays = loaded if device else {k: v.numpy() for k, v in loaded.items()}
+    missing = set(meta.get("arrays", ())) - set(arrays)
+    if missing:
+        raise ValueError(f"{tensors_path} lacks {sorted(missing)}: the pair is incomplete; save the result again")
+    return arrays, meta.get("fields", {})
 
 
 # -- hashing ------------------------------------------------------------------------------------

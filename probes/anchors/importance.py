@@ -165,7 +165,7 @@ def answer_kl(p_answers: Sequence[str], q_answers: Sequence[str], alpha: float =
     n1 = sum(c1.values()) + alpha * len(vocab)
     n2 = sum(c2.values()) + alpha * len(vocab)
     kl = 0.0
-    for a in vocab:
+    for a in sorted(vocab):  # a fixed order: sums must not depend on the hash seed
         p = (c1[a] + alpha) / n1
         q = (c2[a] + alpha) / n2
         kl += p * math.log(p / q)

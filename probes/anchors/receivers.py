@@ -18,7 +18,7 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 
-from probes.anchors._artifact import load_artifact, save_artifact
+from probes.io import load_artifact, save_artifact
 
 __all__ = [
     "PAPER_ERA",

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from probes.anchors._artifact import load_artifact, save_artifact
+from probes.io import load_artifact, save_artifact
 from probes.models.interventions import SuppressKeys
 
 __all__ = ["SuppressionResult", "attention_suppression", "sparse_kl", "suppression_matrix"]

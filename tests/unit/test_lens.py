@@ -14,7 +14,7 @@ def test_logit_lens_save_and_load(tmp_path):
                      positions=[3, 4, 8])
     path = lens.save(tmp_path / "lens")
     assert path == tmp_path / "lens.safetensors"
-    assert json.loads((tmp_path / "lens.json").read_text())["positions"] == [3, 4, 8]
+    assert json.loads((tmp_path / "lens.json").read_text())["fields"]["positions"] == [3, 4, 8]
     for name in ("lens", "lens.safetensors", "lens.json"):
         back = LogitLens.load(tmp_path / name)
         assert back.positions == lens.positions

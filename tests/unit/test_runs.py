@@ -379,3 +379,13 @@ def test_killed_sweep_resumes_without_recomputing(tmp_path: Path) -> None:
     assert len(calls) == 6 + (len(started_first) - len(finished))
     assert json.loads((tmp_path / "results.json").read_text()) == [{"sq": i * i} for i in range(6)]
     assert len(list(cells_dir.glob("*/done.json"))) == 6
+
+
+def test_a_safetensors_file_whose_header_length_starts_with_0x80_is_not_taken_for_a_pickle(tmp_path):
+    for n in range(300):
+        path = save_tensors(tmp_path / "t.safetensors", {"x": torch.ones(2)}, metadata={"pad": "a" * n})
+        if path.read_bytes()[0] == 0x80:
+            break
+    else:
+        pytest.fail("no metadata length gave a header length with low byte 0x80")
+    assert torch.equal(load_tensors(path)["x"], torch.ones(2))
