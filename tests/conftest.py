@@ -70,7 +70,7 @@ def tiny_models(tiny_tokenizer):
     return get
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shipped():
     """name → directory of a shipped organism in ``data/zoo``; fails (never skips) when it is missing."""
     from probes.models.zoo_registry import ZOO_DIR

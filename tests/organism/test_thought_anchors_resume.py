@@ -45,10 +45,11 @@ def _kill_when(root: Path, pattern: str, hash_seed: int) -> Path:
     return run
 
 
-def _results(run: Path) -> dict[str, str]:
+def _results(run: Path) -> dict:
     """Every rollout and analysis file of a run, by relative path (the science, not the timestamps)."""
     files = {str(p.relative_to(run)): p.read_text() for p in (run / "rollouts").rglob("*.json")}
-    files["config.resolved"] = json.dumps(json.loads((run / "config.json").read_text())["resolved"], sort_keys=True)
+    resolved = json.loads((run / "config.json").read_text())["resolved"]
+    files["config"] = {k: v for k, v in resolved.items() if k not in ("runs_root", "run_dir")}
     return files
 
 

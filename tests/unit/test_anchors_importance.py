@@ -335,3 +335,17 @@ def test_debias_by_position_removes_a_positional_trend():
     assert np.isnan(debias_by_position(with_nan, degree=3)[0][0])
     with pytest.raises(ValueError, match="needs more than 10"):
         debias_by_position([[1.0, 2.0, 3.0]])
+
+
+def test_answer_kl_does_not_depend_on_the_hash_seed():
+    import os
+    import subprocess
+    import sys
+
+    code = ("from probes.anchors.importance import answer_kl\n"  # ~100 answers: the sum's order shows in the last bits
+            "p = [f'{i * i % 97}' for i in range(300)]\n"
+            "q = [f'{i * 7 % 89}' for i in range(250)]\n"
+            "print(repr(answer_kl(p, q)))\n")
+    outs = {subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": str(seed)},
+                           capture_output=True, text=True, check=True).stdout for seed in (0, 1, 2, 3)}
+    assert len(outs) == 1
