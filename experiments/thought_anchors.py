@@ -27,6 +27,9 @@ from typing import Any, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
+from probes.anchors.compat import Compat
+from probes.anchors.embed import EmbedderName
+from probes.anchors.receivers import ReceiverSettingsName
 from probes.harness import Context, Experiment, ExperimentConfig, Issue, Stage, main, session_field
 
 log = logging.getLogger(__name__)
@@ -56,13 +59,13 @@ class AnchorsConfig(ExperimentConfig):
     max_new_tokens: int = field(default=16384, metadata={"help": "rollout length budget (§3)"})
     base_tries: int = field(default=16, metadata={"help": "samples tried to find a correct/incorrect base trace"})
     seed: int = field(default=44, metadata={"help": "seed of problem choice and sampling (§3)"})
-    embedder: Literal["minilm", "hashing"] = field(default="minilm", metadata={"help": "semantic filter embedder"})
+    embedder: EmbedderName = field(default="minilm", metadata={"help": "semantic filter embedder"})
     similarity_threshold: float = field(default=0.8, metadata={"help": "cosine below which a resample differs (§4)"})
     labeler: str = field(default="rule", metadata={"help": "rule, or the base URL of an OpenAI-compatible endpoint"})
     labeler_model: str = field(default="gpt-4o", metadata={"help": "model name for the LLM labeler (§2)"})
-    receiver_settings: Literal["released", "paper-era", "paper-era-llama"] = field(
+    receiver_settings: ReceiverSettingsName = field(
         default="released", metadata={"help": "receiver-head settings (§6)"})
-    compat: Literal["default", "released"] = field(default="default", metadata={
+    compat: Compat = field(default="default", metadata={
         "help": "edge cases as this project defines them, or as the released analysis code does"})
     stages: list[StageName] = session_field(default_factory=lambda: list(STAGES), help="stages to run, in order")
     batch_size: int | None = session_field(None, help="rows decoded at once (default: all N); results do not depend on it")

@@ -136,6 +136,10 @@ class Config:
                 continue
             flag = "--" + dest.replace("_", "-")
             help_text = f.metadata.get("help", "")
+            sequence = typing.get_origin(inner) in (list, tuple, set, frozenset) and typing.get_args(inner)
+            options = _choices(_strip_optional(typing.get_args(inner)[0] if sequence else inner))
+            if options:
+                help_text = f"{help_text}; choices: {', '.join(options)}".lstrip("; ")
             default = _default_text(f)
             if default is not None:
                 help_text = f"{help_text} (default: {default})".strip()

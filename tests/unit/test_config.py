@@ -161,3 +161,25 @@ def test_argparse_help_and_defaults() -> None:
 def test_argparse_rejects_bad_choice() -> None:
     with pytest.raises(SystemExit):
         Exp.parse_args(["--model", "m", "--mode", "median"])
+
+
+class _Kind(enum.Enum):
+    A = "a"
+    B = "b"
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Choices(Config):
+    style: Literal["chat", "math"] = field(default="chat", metadata={"help": "prompt style"})
+    stages: list[Literal["base", "report"]] = field(default_factory=lambda: ["base"], metadata={"help": "stages"})
+    kind: _Kind = field(default=_Kind.A, metadata={"help": "kind"})
+
+
+def test_help_lists_the_choices_of_literal_and_enum_fields(capsys):
+    with pytest.raises(SystemExit):
+        _Choices.parse_args(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "prompt style; choices: chat, math" in out and "stages; choices: base, report" in out
+    assert "kind; choices: a, b" in out
+    with pytest.raises(ConfigError, match="'rollout' is not one of"):
+        _Choices.parse_args(["--stages", "rollout"])
