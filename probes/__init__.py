@@ -18,6 +18,7 @@ _EXPORTS = {
     "Patch": "probes.models.interventions",
     "ProjectOut": "probes.models.interventions",
     "ScaleExperts": "probes.models.interventions",
+    "NormScope": "probes.models.interventions",
     "ScaleHeads": "probes.models.interventions",
     "SuppressKeys": "probes.models.interventions",
     "Phase": "probes.models.positions",
