@@ -524,7 +524,7 @@ def _receiver_section(ctx: Context, report, tables) -> None:
     if not np.isfinite(gap) or gap < KURTOSIS_GAP:
         report.add_text(
             f"Receiver heads: not drawn. Every head's mean kurtosis lies in [{np.nanmin(kurt):.2f}, {np.nanmax(kurt):.2f}] "
-            f"and the top-{len(heads)} heads exceed the median head by only {gap:.2f} (a map needs {KURTOSIS_GAP}): "
+            f"and the top-{len(heads)} heads exceed the median head by only {max(gap, 0):.2f} (a map needs {KURTOSIS_GAP}): "
             f"with traces of {min(sentences)}–{max(sentences)} sentences no head stands out, so the map would "
             "carry no information. Traces of 20–40 sentences are needed (thought_anchors.md §6).")
         return

@@ -63,7 +63,8 @@ def importance_bars(
     if text_width:
         ticks = [f"{i}: {s if len(s) <= text_width else s[: text_width - 1] + '…'}"
                  for i, s in enumerate(" ".join(t.split()) for t in sentences)]
-        fig.update_xaxes(tickmode="array", tickvals=list(range(len(ticks))), ticktext=ticks, tickangle=-45)
+        fig.update_xaxes(tickmode="array", tickvals=list(range(len(ticks))), ticktext=ticks, tickangle=-45,
+                         range=[-0.5, len(ticks) - 0.5])
     return fig
 
 

@@ -20,6 +20,9 @@ def test_importance_bars_group_by_category():
                           ["First find x.", "3 + 5 = 8.", "Then add."], "counterfactual_importance_kl")
     assert [t.name for t in fig.data] == ["plan_generation", "active_computation"]
     assert list(fig.data[0].x) == [0, 2] and list(fig.data[0].y) == [0.1, 0.2]
+    assert list(fig.layout.xaxis.ticktext) == ["0: First find x.", "1: 3 + 5 = 8.", "2: Then add."]
+    short = importance_bars([0.1], ["a"], ["A sentence longer than ten characters."], "m", text_width=10)
+    assert list(short.layout.xaxis.ticktext) == ["0: A sentenc…"]
     with pytest.raises(ValueError, match="need one each"):
         importance_bars([0.1], ["a", "b"], ["x"], "m")
 
