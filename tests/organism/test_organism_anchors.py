@@ -4,8 +4,7 @@ made load-bearing (the plan and the computations), not the filler (data/zoo/reas
 import numpy as np
 import pytest
 
-from probes.anchors.pipeline import AnchorsConfig, Pipeline, planted_truth, trace_table
-from probes.runs import Run
+from experiments.thought_anchors import EXPERIMENT, AnchorsConfig, planted_truth, trace_table, traces
 
 
 @pytest.fixture(scope="module")
@@ -21,11 +20,9 @@ def reasoner():
 def test_anchor_sentences_outrank_filler(reasoner, tmp_path):
     cfg = AnchorsConfig(problems=2, n_rollouts=16, max_new_tokens=200, forced=False, runs_root=str(tmp_path),
                         stages=["base", "rollouts", "analyse", "receivers", "suppression"])
-    run = Run.create("thought_anchors", cfg, root=tmp_path)
-    pipe = Pipeline(reasoner, cfg, run)
-    pipe.run_stages()
-    tables = {k: trace_table(run, p, k) for k, p, _ in pipe.traces()}
-    assert len(tables) == 2, pipe.skipped
+    ctx = EXPERIMENT.run(cfg, model=reasoner)
+    tables = {t.key: trace_table(ctx, t) for t in traces(ctx)}
+    assert len(tables) == 2, ctx.run.load_json("summary")
     summary = planted_truth(tables)
     cats = summary["category_cf_kl"]
     restating = [cats[c]["mean"] for c in ("problem_setup", "final_answer_emission") if c in cats]
