@@ -31,6 +31,7 @@ from typing import Any
 from probes.config import Config
 from probes.io import atomic_write_json, remove_stale_temps
 from probes.runs import Run
+from probes.runs.provenance import collect as collect_provenance
 
 __all__ = ["Context", "Experiment", "ExperimentConfig", "HarnessError", "Issue", "Stage", "session_field"]
 
@@ -89,8 +90,14 @@ class Context:
 
     @property
     def model(self) -> Any:
+        """The model, loaded on first use; a resumed run refuses weights other than those it started with."""
         if self.model_ is None:
-            self.model_ = self.experiment.load_model(self.cfg)
+            model = self.experiment.load_model(self.cfg)
+            recorded = (self.run.provenance.get("model") or {}).get("weights_hash")
+            if recorded and getattr(model, "weights_hash", recorded) != recorded:
+                raise HarnessError(f"the model weights changed since {self.run.path} started "
+                                   f"(sha256 {model.weights_hash[:12]}… now, {recorded[:12]}… then): start a new run")
+            self.model_ = model
         return self.model_
 
     def _marker(self, stage: str, unit: str | None = None) -> Path:
@@ -174,6 +181,9 @@ class Experiment:
         run = Run.open(cfg.run_dir)
         for p in remove_stale_temps(run.path):
             log.info("removed %s, left by a killed write", p)
+        provenance = run.provenance
+        provenance["resumes"] = [*provenance.get("resumes", []), collect_provenance(config=cfg, seed=getattr(cfg, "seed", None))]
+        run.save_json(Run.PROVENANCE, provenance)
         if overrides:
             record = run.load_json(Run.CONFIG)
             record["overrides"] = record.get("overrides", []) + overrides

@@ -129,3 +129,20 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
         main(TOY, ["--items", "101", "--runs-root", str(tmp_path), "--debug"])
     assert main(TOY, ["--items", "2", "--runs-root", str(tmp_path)]) == 0
     assert "run: " in capsys.readouterr().out
+
+
+def test_a_resume_records_its_session_and_refuses_changed_weights(tmp_path):
+    class Weights:
+        def __init__(self, h):
+            self.weights_hash = h
+            self.spec, self.device, self.dtype = "toy", "cpu", "float32"
+
+    exp = Experiment(name="toy", config=ToyConfig, stages=[Stage("use", lambda ctx: ctx.model)],
+                     load_model=lambda cfg: Weights("a" * 64), prepare=prepare)
+    ctx = exp.run(ToyConfig(runs_root=str(tmp_path), stages=["use"]))
+    exp.run(ToyConfig.from_dict({"run_dir": str(ctx.run.path)}))
+    assert len(ctx.run.provenance["resumes"]) == 1 and ctx.run.provenance["resumes"][0]["argv"]
+    changed = Experiment(name="toy", config=ToyConfig, stages=exp.stages, load_model=lambda cfg: Weights("b" * 64),
+                         prepare=prepare)
+    with pytest.raises(HarnessError, match="model weights changed"):
+        changed.run(ToyConfig.from_dict({"run_dir": str(ctx.run.path)}))
