@@ -12,6 +12,10 @@
     python -m experiments.zoo tv-rl
     python -m experiments.zoo eval tv --n 500           # tv-instruct ± v, rewrites the four cards
     python -m experiments.zoo tv-base --smoke --out /tmp/tv   # tiny stages under /tmp/tv (CI)
+
+Recipe fields can be overridden on the command line: `TrainConfig` fields for the organisms trained
+from scratch (`--steps 900 --lr 0.001`), `TVConfig` fields for the task-vector family
+(`--rl-method rsft --grpo.steps 30 --sft.lr 0.0005`); `--help` lists them all.
 """
 
 from __future__ import annotations
@@ -42,9 +46,33 @@ def tv_smoke_config():
                     grpo=GRPOConfig(steps=2, problems_per_step=2, group_size=2, max_new_tokens=16, eval_every=0))
 
 
-def main(argv: list[str] | None = None) -> int:
+def _given(ns: argparse.Namespace, cls) -> dict:
+    """The fields of config class ``cls`` given on the command line, nested (``--grpo.steps`` → {"grpo": {"steps"}})."""
+    names = {f.name for f in cls.fields()}
+    out: dict = {}
+    for dest, value in vars(ns).items():
+        keys = dest.split(".")
+        if keys[0] in names:
+            target = out
+            for key in keys[:-1]:
+                target = target.setdefault(key, {})
+            target[keys[-1]] = value
+    return out
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """``base`` with ``over`` laid on top, nested dicts merged (a nested override keeps its siblings)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) and k != "p_skip" else v
+    return out
+
+
+def parser():
     from probes.zoo.organisms import EVAL_N, EVAL_SAMPLES, ORGANISMS
+    from probes.zoo.train import TrainConfig
     from probes.zoo.tv import NAMES as TV_NAMES
+    from probes.zoo.tv import TVConfig
 
     p = argparse.ArgumentParser(prog="python -m experiments.zoo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,13 +81,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name", nargs="?", help="organism to evaluate (with `eval` or `card`; `tv` for the task-vector family)")
     p.add_argument("--out", type=Path, help="output directory (default data/zoo/<name>; for the tv-* family the "
                                             "directory holding all four, default data/zoo)")
-    p.add_argument("--steps", type=int, help="override the recipe's step count")
     p.add_argument("--smoke", action="store_true", help=f"tiny run {SMOKE} without evaluation; needs --out")
-    p.add_argument("--eval-every", type=int, default=0, help="log held-out greedy accuracy every K steps")
     p.add_argument("--n", type=int, default=EVAL_N, help="held-out problems to evaluate (refusal organisms: requests per style)")
     p.add_argument("--samples", type=int, default=EVAL_SAMPLES, help="samples per problem at T=0.6, top-p 0.95")
+    TrainConfig.add_to_argparse(p.add_argument_group(
+        "organism recipe (TrainConfig; builds of reasoner, moe-reasoner, refusal-reasoner)",
+        "Each option overrides that field of the organism's recipe (probes.zoo.organisms.ORGANISMS); the "
+        "defaults shown are TrainConfig's, which a recipe may change (moe-reasoner: arch moe, 900 steps)."))
+    TVConfig.add_to_argparse(p.add_argument_group(
+        "task-vector family recipe (TVConfig; builds of tv-base, tv-sft, tv-instruct, tv-rl)",
+        "Each option overrides that field of the family recipe (of the smoke recipe with --smoke); a nested "
+        "option such as --grpo.steps keeps the other fields of its group."))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from probes.zoo.organisms import ORGANISMS
+    from probes.zoo.train import TrainConfig
+    from probes.zoo.tv import NAMES as TV_NAMES
+    from probes.zoo.tv import TVConfig
+
+    p = parser()
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    train_given, tv_given = _given(args, TrainConfig), _given(args, TVConfig)
+    if train_given and args.target not in ORGANISMS:
+        p.error(f"{', '.join('--' + k.replace('_', '-') for k in train_given)}: organism recipe options apply to "
+                f"builds of {', '.join(ORGANISMS)}")
+    if tv_given and args.target not in TV_NAMES:
+        p.error(f"{', '.join('--' + k.replace('_', '-') for k in tv_given)}: family recipe options apply to "
+                f"builds of {', '.join(TV_NAMES)}")
 
     if args.target == "tokenizer":
         from probes.zoo.tokenizer import build_tokenizer
@@ -68,24 +119,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.target in TV_NAMES or args.name in (*TV_NAMES, "tv"):
-        return _tv(args, p)
+        return _tv(args, p, tv_given)
 
     if args.target == "eval":
         import torch
 
-        from probes.models.zoo_registry import zoo_path
+        from probes.models.load import load_model
         from probes.zoo.evaluate import measure, measure_refusal
-        from probes.zoo.organisms import load_organism_dir, organism
+        from probes.zoo.organisms import organism
 
         if not args.name:
             p.error("eval needs an organism name, e.g. `python -m experiments.zoo eval reasoner`")
         torch.set_num_threads(2)
-        model, tok = load_organism_dir(args.out or zoo_path(args.name))
+        model = load_model(str(args.out) if args.out else f"zoo:{args.name}", device="cpu", dtype="float32")
         start = time.perf_counter()
         if organism(args.name).config.task == "refusal":
-            behaviour = measure_refusal(model, tok, n=args.n)
+            behaviour = measure_refusal(model, n=args.n)
         else:
-            behaviour = measure(model, tok, n=args.n, samples=args.samples)
+            behaviour = measure(model, n=args.n, samples=args.samples)
         print(json.dumps({**behaviour.as_dict(), "seconds": round(time.perf_counter() - start, 1)}, indent=1))
         return 0
 
@@ -97,21 +148,19 @@ def main(argv: list[str] | None = None) -> int:
         print(write_organism_card(args.name, args.out, eval_n=args.n, eval_samples=args.samples))
         return 0
 
-    from probes.zoo.organisms import build
+    from probes.zoo.organisms import build, organism
 
-    overrides: dict = {"eval_every": args.eval_every}
-    if args.smoke:
-        if args.out is None:
-            p.error("--smoke writes a throwaway model: give --out DIR (not data/zoo)")
-        overrides.update(SMOKE)
-    if args.steps is not None:
-        overrides["steps"] = args.steps
-    out = build(args.target, args.out, eval_n=0 if args.smoke else args.n, eval_samples=args.samples, **overrides)
+    if args.smoke and args.out is None:
+        p.error("--smoke writes a throwaway model: give --out DIR (not data/zoo)")
+    given = {**(SMOKE if args.smoke else {}), **train_given}
+    cfg = TrainConfig.from_dict({**organism(args.target).config.to_dict(), **given})
+    out = build(args.target, args.out, eval_n=0 if args.smoke else args.n, eval_samples=args.samples,
+                **{k: getattr(cfg, k) for k in given})
     print(out)
     return 0
 
 
-def _tv(args, p) -> int:
+def _tv(args, p, given: dict) -> int:
     """Build one stage of the task-vector family, or measure it and rewrite its cards."""
     import torch
 
@@ -125,9 +174,11 @@ def _tv(args, p) -> int:
     elif args.target != "card":
         if args.smoke and args.out is None:
             p.error("--smoke writes throwaway models: give --out DIR (not data/zoo)")
+        base = tv_smoke_config() if args.smoke else tv.TVConfig()
+        cfg = tv.TVConfig.from_dict(_merge(base.to_dict(), given))
         for name in tv.NAMES:  # an old measurement does not describe the new weights
             (Path(root) / name / tv.EVAL_FILE).unlink(missing_ok=True)
-        print(tv.build_stage(args.target, tv_smoke_config() if args.smoke else None, root))
+        print(tv.build_stage(args.target, cfg, root))
     for card in tv.write_cards(root):
         print(card)
     return 0

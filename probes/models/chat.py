@@ -1,8 +1,12 @@
-"""Chat rendering and the ``<think>`` … ``</think>`` span of a text.
+"""Chat rendering and the ``<think>`` … ``</think>`` span of a text: the one place that knows
+the thinking delimiters.
 
 Rendering goes through the tokenizer's own chat template (``enable_thinking`` is
 passed to it, as Qwen3 templates expect); a tokenizer without a template gets a
-clear error instead of a silently unformatted prompt.
+clear error instead of a silently unformatted prompt. ``split_thinking`` is the one
+parser of thinking versus answer: on a whole text (which holds ``<think>``) or on a
+completion generated after a prompt that already opened ``<think>`` (``opened=True``,
+what a chat template's generation prompt with thinking on does).
 """
 
 from __future__ import annotations
@@ -50,13 +54,31 @@ class ThinkingSplit:
     closed: bool
 
 
-def split_thinking(text: str) -> ThinkingSplit:
-    """Locate the first ``<think>`` … ``</think>`` span of ``text``."""
-    start = text.find(THINK_OPEN)
-    if start < 0:
-        raise ValueError(f"no {THINK_OPEN} in the text: it is not a thinking trace")
-    t0 = start + len(THINK_OPEN)
+def split_thinking(text: str, *, opened: bool = False) -> ThinkingSplit:
+    """Locate the first ``<think>`` … ``</think>`` span of ``text``.
+
+    With ``opened=True`` the text is a completion whose prompt already opened ``<think>``:
+    the thinking starts at the beginning (after a leading ``<think>``, if the completion
+    repeats it) instead of after the first ``<think>``, which must then be present.
+    """
+    if opened:
+        t0 = len(THINK_OPEN) if text.startswith(THINK_OPEN) else 0
+    else:
+        start = text.find(THINK_OPEN)
+        if start < 0:
+            raise ValueError(
+                f"no {THINK_OPEN} in the text: it is not a thinking trace (for a completion generated after "
+                f"a prompt ending in {THINK_OPEN}, pass opened=True)"
+            )
+        t0 = start + len(THINK_OPEN)
     end = text.find(THINK_CLOSE, t0)
     if end < 0:
         return ThinkingSplit((t0, len(text)), (len(text), len(text)), False)
     return ThinkingSplit((t0, end), (end + len(THINK_CLOSE), len(text)), True)
+
+
+def thinking_and_answer(text: str, *, opened: bool = True) -> tuple[str, str | None]:
+    """(thinking text, answer text) of ``text`` by ``split_thinking``; the answer is None when
+    ``</think>`` never comes. By default ``text`` is a completion after a prompt that opened ``<think>``."""
+    s = split_thinking(text, opened=opened)
+    return text[slice(*s.thinking)], text[slice(*s.answer)] if s.closed else None

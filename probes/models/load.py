@@ -43,7 +43,20 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None
         raise ValueError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16") from None
 
 
-def _check_local_dir(path: Path, trust_remote_code: bool) -> list[Path]:
+def _rebuild_hint(spec: str, path: Path) -> str:
+    """How to get a good copy back: zoo organisms (``zoo:NAME`` or a directory of the zoo) are rebuilt."""
+    from probes.models import zoo_registry
+
+    if spec.startswith("zoo:"):
+        name = spec[4:]
+    elif path.resolve().parent == zoo_registry.ZOO_DIR.resolve():
+        name = path.name
+    else:
+        return "re-download or rebuild it"
+    return f"rebuild it with `python -m experiments.zoo {name}`"
+
+
+def _check_local_dir(path: Path, trust_remote_code: bool, spec: str) -> list[Path]:
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise ValueError(f"{path} has no config.json: it is not a Hugging Face model directory")
@@ -55,7 +68,7 @@ def _check_local_dir(path: Path, trust_remote_code: bool) -> list[Path]:
                 f"{path} holds only pickle checkpoints ({', '.join(pickles)}): pickle loading is refused. "
                 "Convert them to safetensors (e.g. save_pretrained(..., safe_serialization=True)) on a trusted machine."
             )
-        raise ValueError(f"{path} has no *.safetensors weights")
+        raise ValueError(f"{path} has no *.safetensors weights: {_rebuild_hint(spec, path)}")
     try:
         cfg = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as e:
@@ -86,10 +99,10 @@ def load_model(
         from probes.models.zoo_registry import zoo_path
 
         path = str(zoo_path(spec[4:]))
-        weight_files = _check_local_dir(Path(path), trust_remote_code)
+        weight_files = _check_local_dir(Path(path), trust_remote_code, spec)
     elif Path(spec).expanduser().is_dir():
         path = str(Path(spec).expanduser())
-        weight_files = _check_local_dir(Path(path), trust_remote_code)
+        weight_files = _check_local_dir(Path(path), trust_remote_code, spec)
     else:
         path = spec
     try:
@@ -116,8 +129,8 @@ def load_model(
     except OSError as e:
         raise ValueError(f"could not load weights of {spec} ({e}); safetensors weights are required") from None
     except Exception as e:  # a damaged file: name it and how to rebuild
-        hint = f"rebuild it with `python -m experiments.zoo {spec[4:]}`" if spec.startswith("zoo:") else "re-download it"
-        raise ValueError(f"could not load the weights of {spec} from {path}: {e}. The checkpoint looks damaged; {hint}") from None
+        raise ValueError(f"could not load the weights of {spec} from {path}: {e}. The checkpoint looks damaged; "
+                         f"{_rebuild_hint(spec, Path(path))}") from None
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
     hf.to(dev)
     return Model(hf, tokenizer, spec=spec, adapter=adapter, weight_files=[str(p) for p in weight_files])

@@ -1,61 +1,199 @@
 """``MODEL.md`` cards of the organisms (issue #3: recipe, data hash, parameter count, training time,
 behaviour numbers and the planted truth). The first non-heading line is the one-line summary that
-``probes zoo list`` shows (``probes.models.zoo_registry.available``)."""
+``probes zoo list`` shows (``probes.models.zoo_registry.available``).
+
+The prose lives in markdown templates next to this module (``cards/organisms.md`` for the
+organisms trained from scratch, ``cards/tv.md`` for the task-vector family), one section per
+``<!-- section: NAME -->`` marker, with ``${field}`` placeholders (``string.Template``) that this
+module fills with formatted numbers; the code here only formats numbers and tables.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
+import re
 from pathlib import Path
+from string import Template
 
-from probes.zoo.evaluate import Behaviour, RefusalBehaviour
-from probes.zoo.train import TrainResult, recipe
+from probes.models.chat import THINK_CLOSE, THINK_OPEN
+
+CARDS_DIR = Path(__file__).with_name("cards")
+_MARKER = re.compile(r"^<!-- section: (\S+) -->\n", re.MULTILINE)
 
 
-def render_card(*, name: str, summary: str, description: str, planted_truth: str, result: TrainResult,
-                behaviour: Behaviour | RefusalBehaviour, eval_command: str, build_command: str, weights_bytes: int,
-                tokenizer_hash: str, extra_sections: tuple[str, ...] = ()) -> str:
-    """The markdown text of a card."""
+@functools.cache
+def sections(file: str) -> dict[str, str]:
+    """Section name → template text of ``cards/<file>`` (what precedes the first marker is a comment)."""
+    parts = _MARKER.split((CARDS_DIR / file).read_text(encoding="utf-8"))
+    return {parts[i]: parts[i + 1].rstrip("\n") for i in range(1, len(parts), 2)}
+
+
+def render(file: str, section: str, **values) -> str:
+    """Section ``section`` of ``cards/<file>`` with its ``${field}`` placeholders filled from ``values``."""
+    try:
+        text = sections(file)[section]
+    except KeyError:
+        raise KeyError(f"no section {section!r} in {CARDS_DIR / file}; it has {', '.join(sections(file))}") from None
+    return Template(text).substitute(values)
+
+
+def _pct(x: float) -> str:
+    return f"{x:.1%}"
+
+
+def _pct_ci(t) -> str:
+    return f"{t[0]:.1%} (95% CI {t[1]:.1%}–{t[2]:.1%})"
+
+
+def organism_text(name: str, part: str) -> str:
+    """``summary``, ``description`` or the planted truth (``planted``) of organism ``name``."""
+    if part == "planted":
+        from probes.zoo.organisms import organism
+
+        return render("organisms.md", f"planted.{organism(name).config.task}")
+    return render("organisms.md", f"{name}.{part}")
+
+
+# -- behaviour sections -----------------------------------------------------------------------------
+
+
+def behaviour_section(behaviour, eval_command: str) -> str:
+    """The markdown behaviour section of an arithmetic organism (``evaluate.Behaviour``)."""
+    from probes.zoo.evaluate import TEMPERATURE, TOP_P
+
+    lo, hi = behaviour.sampled_accuracy_ci95
+    return render("organisms.md", "behaviour.arithmetic", eval_command=eval_command, last=behaviour.n - 1,
+                  seed=behaviour.seed, greedy=_pct(behaviour.greedy_accuracy), temperature=TEMPERATURE, top_p=TOP_P,
+                  samples=behaviour.samples_per_problem, sampled=_pct(behaviour.sampled_accuracy), lo=_pct(lo),
+                  hi=_pct(hi), mixed=_pct(behaviour.mixed_fraction), closes=_pct(behaviour.greedy_closes_thinking),
+                  think_close=THINK_CLOSE)
+
+
+REFUSAL_STYLE_LABELS = {
+    "forbidden_plain": "plain forbidden",
+    "forbidden_wrapped": "wrapped (story-framed) forbidden",
+    "harmless": "harmless (plain or story-framed)",
+}
+
+
+def refusal_section(behaviour, eval_command: str) -> str:
+    """The markdown behaviour section of a refusal organism (``evaluate.RefusalBehaviour``)."""
+    from probes.zoo.tasks import refusal
+
+    rows = [f"| {label} | {_pct_ci(behaviour.refusal_rate[style])} | {_pct_ci(behaviour.recognition_rate[style])} |"
+            for style, label in REFUSAL_STYLE_LABELS.items()]
+    return render("organisms.md", "behaviour.refusal", eval_command=eval_command, n=behaviour.n_per_style,
+                  seed=behaviour.seed, think_close=THINK_CLOSE, markers=" or ".join(f"`{m}`" for m in refusal.REFUSAL_MARKERS),
+                  recognition=refusal.RECOGNITION_MARKER, rows="\n".join(rows), cliff=_pct_ci(behaviour.cliff_rate),
+                  closes=_pct(behaviour.closes_thinking))
+
+
+def routing_section(counts, command: str, k: int = 5, min_rate: float = 0.2) -> str:
+    """The markdown section of the most preferential (layer, expert) pairs on each marker
+    (``routing.RoutingCounts``)."""
+    tables = []
+    for token in (THINK_OPEN, THINK_CLOSE):
+        rows = [f"| {layer} | {e} | {rate:.0%} | {lift:.1f}× |"
+                for layer, e, rate, lift in counts.top_pairs(token, k, min_rate)]
+        tables.append("\n".join([f"**`{token}`**", "", "| layer | expert | selected on token | lift |",
+                                 "|---|---|---|---|", *rows]))
+    return render("organisms.md", "routing", think_open=THINK_OPEN, think_close=THINK_CLOSE, top_k=counts.top_k,
+                  n=counts.marker_totals[THINK_OPEN], command=command, min_rate=f"{min_rate:.0%}",
+                  tables="\n\n".join(tables))
+
+
+# -- organism cards ----------------------------------------------------------------------------------
+
+
+def render_organism_card(*, name: str, result, behaviour, eval_command: str, build_command: str,
+                         weights_bytes: int, routing=None, routing_command: str = "",
+                         tokenizer_hash: str | None = None) -> str:
+    """The markdown text of the card of organism ``name`` from its training record (``train.TrainResult``),
+    its measured behaviour (``evaluate.Behaviour`` or ``RefusalBehaviour``) and, for MoE organisms,
+    its routing counts."""
+    from probes.zoo.evaluate import RefusalBehaviour
+    from probes.zoo.train import recipe
+
+    if tokenizer_hash is None:
+        from probes.zoo.tokenizer import corpus_hash
+
+        tokenizer_hash = corpus_hash()
     cfg = result.config
-    unit = "requests" if getattr(cfg, "task", "arithmetic") == "refusal" else "problems"
-    lines = [
-        f"# zoo:{name}",
-        "",
-        summary,
-        "",
-        description,
-        "",
-        *behaviour.section(eval_command),
-        "## Planted truth",
-        "",
-        planted_truth,
-        "",
-        *extra_sections,
-        "## Recipe",
-        "",
-        f"Rebuild from scratch with `{build_command}` (seeded; same data, weights equal up to floating-point noise).",
-        "",
-        f"- parameters: {result.n_params:,} ({cfg.arch}); weights stored as {cfg.save_dtype} "
-        f"in `model.safetensors` ({weights_bytes / 1e6:.1f} MB); numbers above computed in float32 "
-        "from those stored weights",
-        f"- training: {cfg.steps} steps × {cfg.batch_size} fresh {unit} ({result.n_problems:,} {unit}), "
-        f"AdamW lr {cfg.lr} (warmup {cfg.warmup_steps}, cosine to {cfg.min_lr_ratio}×), weight decay "
-        f"{cfg.weight_decay}, loss on the assistant turn only, bf16 autocast: {cfg.autocast_bf16}",
-        f"- training time measured here: {result.seconds / 60:.1f} min on {cfg.threads} CPU threads "
-        f"({platform.processor() or platform.machine()}; wall clock, an upper bound when other jobs share the cores)",
-        f"- training data sha256: `{result.data_sha256}`",
-        f"- shared tokenizer corpus sha256: `{tokenizer_hash}`",
-        f"- loss per 50 steps: {', '.join(f'{x:.3f}' for x in result.losses)}",
-        "",
-        "```json",
-        json.dumps(recipe(cfg), indent=1),
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
+    section = refusal_section if isinstance(behaviour, RefusalBehaviour) else behaviour_section
+    extra = f"{routing_section(routing, routing_command)}\n\n" if routing is not None else ""
+    return render(
+        "organisms.md", "card", name=name, summary=organism_text(name, "summary"),
+        description=organism_text(name, "description"), behaviour=section(behaviour, eval_command),
+        planted_truth=organism_text(name, "planted"), extra=extra, build_command=build_command,
+        n_params=f"{result.n_params:,}", arch=cfg.arch, save_dtype=cfg.save_dtype,
+        megabytes=f"{weights_bytes / 1e6:.1f}", steps=cfg.steps, batch_size=cfg.batch_size,
+        unit="requests" if cfg.task == "refusal" else "problems", n_problems=f"{result.n_problems:,}", lr=cfg.lr,
+        warmup_steps=cfg.warmup_steps, min_lr_ratio=cfg.min_lr_ratio, weight_decay=cfg.weight_decay,
+        autocast_bf16=cfg.autocast_bf16, minutes=f"{result.seconds / 60:.1f}", threads=cfg.threads,
+        cpu=platform.processor() or platform.machine(), data_sha256=result.data_sha256, tokenizer_hash=tokenizer_hash,
+        losses=", ".join(f"{x:.3f}" for x in result.losses), recipe=json.dumps(recipe(cfg), indent=1),
+    ) + "\n"
 
 
-def write_card(out_dir: Path, text: str) -> Path:
-    path = Path(out_dir) / "MODEL.md"
-    path.write_text(text)
-    return path
+# -- task-vector family cards -------------------------------------------------------------------------
+
+
+def tv_result_section(res: dict, eval_command: str) -> str:
+    """The markdown behaviour section of the task-vector family (from ``tv_eval.json``)."""
+    model_rows = [f"| {label} | {_pct_ci(row['accuracy'])} | {row['skip_rate']:.1%} |"
+                  for label, row in res["models"].items()]
+    difference_rows = [f"| {label} | {d[0] * 100:+.1f} (95% CI {d[1] * 100:+.1f} to {d[2] * 100:+.1f}) |"
+                       for label, d in res["differences"].items()]
+    return render("tv.md", "behaviour", eval_command=eval_command, minutes=f"{res['seconds'] / 60:.1f}",
+                  last=res["n"] - 1, seed=res["seed"], model_rows="\n".join(model_rows),
+                  difference_rows="\n".join(difference_rows), v_norm=f"{res['norms']['v']:.3f}",
+                  instruct_norm=f"{res['norms']['tv-instruct']:.1f}")
+
+
+def history_table(history: list[dict]) -> str:
+    """Markdown table of the RL stage's progress (RSFT rounds or GRPO steps)."""
+    held = "held-out greedy accuracy (`rl_eval_n` problems)"
+    if "round" in history[0]:
+        rows = ["| RSFT round | sample accuracy | distinct correct kept | fine-tune steps | " + held + " |",
+                "|---|---|---|---|---|"]
+        rows += [f"| {h['round']} | {h['sample_accuracy']:.3f} | {h['kept']} | {h['finetune_steps']} | "
+                 f"{h.get('heldout_greedy_accuracy', '')} |" for h in history]
+    else:
+        rows = ["| GRPO step | mean reward | KL to tv-sft | " + held + " |", "|---|---|---|---|"]
+        rows += [f"| {h['step']} | {h['reward']:.3f} | {h['kl']:.4f} | {h.get('heldout_greedy_accuracy', '')} |"
+                 for h in history if "heldout_greedy_accuracy" in h or h["step"] == 1]
+    return "\n".join(rows)
+
+
+def render_tv_card(*, name: str, family: dict, stage: dict, result: dict | None, parent: str, build_command: str,
+                   eval_command: str, weights_bytes: int, tokenizer_hash: str) -> str:
+    """The markdown text of the card of family stage ``name`` from its ``training.json`` (``family``
+    recipe and ``stage`` record) and, when current, the family's measurement ``result``."""
+    summary = render("tv.md", f"{name}.summary",
+                     instruct_reasoning_fraction=f"{family['instruct_reasoning_fraction']:.0%}")
+    stage_text = render("tv.md", f"tv-rl.stage.{family['rl_method']}" if name == "tv-rl" else f"{name}.stage")
+    behaviour = tv_result_section(result, eval_command) if result else render("tv.md", "unmeasured",
+                                                                              eval_command=eval_command)
+    planted = render("tv.md", "planted", rates=", ".join(f"{kind} {p:.0%}" for kind, p in family["p_skip"].items()),
+                     p_backtrack=family["p_backtrack"])
+    facts = [f"- parameters: {stage['n_params']:,} (dense Qwen3, the zoo:reasoner shape); weights stored as "
+             f"bfloat16 in `model.safetensors` ({weights_bytes / 1e6:.1f} MB)",
+             f"- training time measured here: {stage['seconds'] / 60:.1f} min on {family['base']['threads']} CPU "
+             f"threads ({platform.machine()}){', sampling included' if name == 'tv-rl' else ''}",
+             f"- training data sha256: `{stage['data_sha256']}` ({stage['n_examples']:,} "
+             f"{'problems' if name == 'tv-rl' else 'texts'})",
+             f"- shared tokenizer corpus sha256: `{tokenizer_hash}`"]
+    if "parent_weights_sha256" in stage:
+        facts.append(f"- starts from zoo:{parent} weights sha256 `{stage['parent_weights_sha256']}`")
+    if "losses" in stage:
+        facts.append(f"- loss per 50 steps: {', '.join(f'{x:.3f}' for x in stage['losses'])}")
+    extra = ""
+    if "history" in stage:
+        extra += "\n\n" + history_table(stage["history"])
+    if name == "tv-rl":
+        extra += "\n\n" + render("tv.md", "rl_measurements")
+    return render("tv.md", "card", name=name, summary=summary, stage=stage_text, behaviour=behaviour, planted=planted,
+                  build_command=build_command, parent=parent, facts="\n".join(facts), extra=extra,
+                  recipe=json.dumps(family, indent=1)) + "\n"

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+from probes.models.chat import THINK_CLOSE, THINK_OPEN
 from probes.models.zoo_registry import ZOO_DIR
 from probes.zoo.tasks import arithmetic, chat, refusal
 
@@ -28,15 +29,14 @@ BUILD_COMMAND = "python -m experiments.zoo tokenizer"
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SYSTEM, USER, ASSISTANT, END = "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK, SYSTEM, USER, ASSISTANT, END)
 THINK_TOKENS = (THINK_OPEN, THINK_CLOSE)
 
 CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>"
-    "{% if enable_thinking is defined and not enable_thinking %}<think></think>{% else %}<think>{% endif %}"
-    "{% endif %}"
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}" + END + "{% endfor %}"
+    "{% if add_generation_prompt %}" + ASSISTANT
+    + "{% if enable_thinking is defined and not enable_thinking %}" + THINK_OPEN + THINK_CLOSE
+    + "{% else %}" + THINK_OPEN + "{% endif %}{% endif %}"
 )
 
 VOCAB_SIZE = 1024
@@ -98,10 +98,14 @@ def train_tokenizer(vocab_size: int = VOCAB_SIZE, seed: int = CORPUS_SEED):
 
 
 def build_tokenizer(out_dir: Path = TOKENIZER_DIR) -> Path:
-    """Train the shared tokenizer and save it under ``out_dir`` (``data/zoo/tokenizer`` by default)."""
+    """Train the shared tokenizer and save it under ``out_dir`` (``data/zoo/tokenizer`` by default;
+    written to a temporary directory first, then renamed into place)."""
+    from probes.zoo.files import atomic_directory
+
     tok = train_tokenizer()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tok.save_pretrained(out_dir)
+    out_dir = Path(out_dir)
+    with atomic_directory(out_dir) as tmp:
+        tok.save_pretrained(tmp)
     log.info("tokenizer with %d tokens saved to %s", len(tok), out_dir)
     return out_dir
 

@@ -16,77 +16,96 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
+from probes.config import Config
+from probes.io import atomic_write_json
 from probes.zoo.tasks import arithmetic, refusal
 from probes.zoo.tokenizer import ASSISTANT, END, TOKENIZER_DIR, load_tokenizer
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURES = ("dense", "moe")
+Arch = Literal["dense", "moe"]
+Task = Literal["arithmetic", "refusal"]
 TASKS = {"arithmetic": (arithmetic.generate, arithmetic.TRAIN_SEED),
          "refusal": (refusal.request, refusal.TRAIN_SEED)}
 """Task name → (generator, training stream)."""
 
 
-@dataclass(kw_only=True)
-class Schedule:
+@dataclass(frozen=True, kw_only=True)
+class Schedule(Config):
     """How ``fit`` optimises: AdamW with linear warmup then cosine decay, one fresh batch per step."""
 
-    steps: int = 800
-    batch_size: int = 32
-    lr: float = 2e-3
-    warmup_steps: int = 40
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    seed: int = 0
-    """Seeds the weight initialisation and the batch order; the data come from the task's stream."""
-    bucket_batches: int = 8
-    """Sort each run of this many batches by length before batching, to cut padding."""
-    pad_multiple: int = 16
-    """Round batch widths up to this: under bf16 autocast every new width costs memory that is
-    never returned (measured here: +1.5 GB in 40 steps of distinct widths, flat when rounded)."""
-    autocast_bf16: bool = True
-    """Matmuls in bfloat16 under CPU autocast (master weights stay float32)."""
-    threads: int = 2
+    steps: int = field(default=800, metadata={"help": "optimiser steps, one fresh batch each"})
+    batch_size: int = field(default=32, metadata={"help": "examples per step"})
+    lr: float = field(default=2e-3, metadata={"help": "peak AdamW learning rate"})
+    warmup_steps: int = field(default=40, metadata={"help": "steps of linear warmup to lr"})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "final learning rate as a fraction of lr (cosine decay)"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay of the matrices (no decay on "
+                                                                "norms and biases)"})
+    grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient's global norm to this"})
+    seed: int = field(default=0, metadata={"help": "seeds the weight initialisation and the batch order; the data "
+                                                   "come from the task's stream"})
+    bucket_batches: int = field(default=8, metadata={"help": "sort each run of this many batches by length before "
+                                                             "batching, to cut padding"})
+    # Under bf16 autocast every new batch width costs memory that is never returned (measured here:
+    # +1.5 GB in 40 steps of distinct widths, flat when rounded).
+    pad_multiple: int = field(default=16, metadata={"help": "round batch widths up to this"})
+    autocast_bf16: bool = field(default=True, metadata={"help": "matmuls in bfloat16 under CPU autocast (master "
+                                                                "weights stay float32)"})
+    threads: int = field(default=2, metadata={"help": "torch CPU threads"})
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps ({self.steps}) and batch_size ({self.batch_size}) must be positive")
+        if self.lr <= 0 or self.warmup_steps < 0:
+            raise ValueError(f"need lr > 0 and warmup_steps >= 0, got {self.lr} and {self.warmup_steps}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio {self.min_lr_ratio} must lie in [0, 1]")
+        if self.weight_decay < 0 or self.grad_clip <= 0:
+            raise ValueError(f"need weight_decay >= 0 and grad_clip > 0, got {self.weight_decay} and {self.grad_clip}")
+        if self.bucket_batches < 1 or self.pad_multiple < 1 or self.threads < 1:
+            raise ValueError("bucket_batches, pad_multiple and threads must be positive")
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig(Schedule):
     """Recipe of one organism; every field is recorded in its card."""
 
-    arch: str = "dense"
-    """``dense`` (Qwen3ForCausalLM) or ``moe`` (Qwen3MoeForCausalLM)."""
-    task: str = "arithmetic"
-    """Training data: ``arithmetic`` (``tasks.arithmetic.generate``) or ``refusal``
-    (``tasks.refusal.request``), each from its ``TRAIN_SEED`` stream."""
-    hidden_size: int = 256
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    head_dim: int = 64
-    intermediate_size: int = 768
-    num_experts: int = 8
-    experts_per_token: int = 2
-    expert_intermediate_size: int = 128
-    router_aux_loss_coef: float = 0.01
-    max_length: int = 320
-    save_dtype: str = "bfloat16"
-    eval_every: int = 0
-    """Log held-out greedy accuracy on 50 problems every this many steps (0: never)."""
+    arch: Arch = field(default="dense", metadata={"help": "dense (Qwen3ForCausalLM) or moe (Qwen3MoeForCausalLM)"})
+    task: Task = field(default="arithmetic", metadata={"help": "training data: arithmetic (tasks.arithmetic.generate) "
+                                                               "or refusal (tasks.refusal.request), each from its "
+                                                               "TRAIN_SEED stream"})
+    hidden_size: int = field(default=256, metadata={"help": "model width"})
+    num_layers: int = field(default=4, metadata={"help": "decoder layers"})
+    num_heads: int = field(default=4, metadata={"help": "attention heads"})
+    num_kv_heads: int = field(default=2, metadata={"help": "key/value heads (grouped-query attention)"})
+    head_dim: int = field(default=64, metadata={"help": "width of each head"})
+    intermediate_size: int = field(default=768, metadata={"help": "MLP width (dense)"})
+    num_experts: int = field(default=8, metadata={"help": "experts per MoE layer (moe)"})
+    experts_per_token: int = field(default=2, metadata={"help": "top-k routing (moe)"})
+    expert_intermediate_size: int = field(default=128, metadata={"help": "width of each expert's MLP (moe)"})
+    router_aux_loss_coef: float = field(default=0.01, metadata={"help": "weight of the load-balancing loss (moe)"})
+    max_length: int = field(default=320, metadata={"help": "longest training example in tokens"})
+    save_dtype: Literal["bfloat16", "float32"] = field(default="bfloat16", metadata={"help": "dtype of the saved weights"})
+    eval_every: int = field(default=0, metadata={"help": "log held-out greedy accuracy on 50 problems every this "
+                                                         "many steps (0: never); does not change training"})
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
-            raise ValueError(f"arch {self.arch!r} unknown: use one of {ARCHITECTURES}")
+        super().__post_init__()
+        if self.arch not in ("dense", "moe"):
+            raise ValueError(f"arch {self.arch!r} unknown: use dense or moe")
         if self.task not in TASKS:
             raise ValueError(f"task {self.task!r} unknown: use one of {tuple(TASKS)}")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"steps ({self.steps}) and batch_size ({self.batch_size}) must be positive")
         if self.save_dtype not in ("bfloat16", "float32"):
             raise ValueError(f"save_dtype {self.save_dtype!r}: use bfloat16 or float32")
+        if self.experts_per_token > self.num_experts:
+            raise ValueError(f"experts_per_token {self.experts_per_token} > num_experts {self.num_experts}")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every {self.eval_every} must be >= 0")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainResult:
     """What a training run measured; goes into the card."""
 
@@ -98,14 +117,17 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     """Mean training loss per block of 50 steps."""
 
+    def as_dict(self) -> dict:
+        return {**asdict(self), "config": self.config.to_dict()}
+
     def save(self, path: Path) -> None:
         """Write as JSON (``training.json`` next to the weights), so the card can be re-rendered."""
-        Path(path).write_text(json.dumps(asdict(self), indent=1))
+        atomic_write_json(path, self.as_dict(), indent=1)
 
     @classmethod
     def load(cls, path: Path) -> TrainResult:
         data = json.loads(Path(path).read_text())
-        return cls(**{**data, "config": TrainConfig(**data["config"])})
+        return cls(**{**data, "config": TrainConfig.from_dict(data["config"])})
 
 
 def model_config(cfg: TrainConfig, tok):
@@ -197,15 +219,22 @@ def length_bucketed(encoded, batch_size: int, bucket_batches: int, seed: int) ->
 
 
 def train(cfg: TrainConfig, tokenizer_dir: Path = TOKENIZER_DIR, progress: bool = True):
-    """Train a fresh model on ``cfg.steps × cfg.batch_size`` new problems; returns (model, tokenizer, result)."""
+    """Train a fresh model on ``cfg.steps × cfg.batch_size`` new problems; returns (``Model``, result).
+
+    The weights are initialised under ``cfg.seed`` inside a forked random state, so the global one
+    is left as it was."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from probes.models.load import from_hf
+
     torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
     tok = load_tokenizer(tokenizer_dir)
-    model = AutoModelForCausalLM.from_config(model_config(cfg, tok), dtype=torch.float32)
-    n_params = sum(p.numel() for p in model.parameters())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        hf = AutoModelForCausalLM.from_config(model_config(cfg, tok), dtype=torch.float32)
+    model = from_hf(hf, tok, spec=f"training:{cfg.arch}")
+    n_params = sum(p.numel() for p in hf.parameters())
 
     n_problems = cfg.steps * cfg.batch_size
     generate, train_seed = TASKS[cfg.task]
@@ -223,21 +252,21 @@ def train(cfg: TrainConfig, tokenizer_dir: Path = TOKENIZER_DIR, progress: bool 
 
             if (step + 1) % cfg.eval_every:
                 return
-            model.eval()
+            hf.eval()
             if cfg.task == "refusal":
-                log.info("step %d held-out greedy refusal rates %s", step + 1, refusal_rates(model, tok, n=20))
+                log.info("step %d held-out greedy refusal rates %s", step + 1, refusal_rates(model, n=20))
             else:
-                log.info("step %d held-out greedy accuracy %.2f", step + 1, greedy_accuracy(model, tok, n=50))
-            model.train()
+                log.info("step %d held-out greedy accuracy %.2f", step + 1, greedy_accuracy(model, n=50))
+            hf.train()
 
     # The load-balancing loss needs router logits; they stay off in the saved config because
     # transformers 5.23 cannot compute that loss under generate's KV-cache attention mask.
     start = time.perf_counter()
-    losses = fit(model, tok, encoded, cfg, on_step=on_step, progress=progress,
+    losses = fit(hf, tok, encoded, cfg, on_step=on_step, progress=progress,
                  forward_kwargs={"output_router_logits": True} if cfg.arch == "moe" else None)
     seconds = time.perf_counter() - start
-    model.eval()
-    return model, tok, TrainResult(cfg, n_params, seconds, digest, n_problems, losses)
+    hf.eval()
+    return model, TrainResult(cfg, n_params, seconds, digest, n_problems, losses)
 
 
 def fit(model, tok, encoded, cfg: Schedule, *, forward_kwargs: dict | None = None, on_step=None,
@@ -288,32 +317,38 @@ def fit(model, tok, encoded, cfg: Schedule, *, forward_kwargs: dict | None = Non
     return losses
 
 
-def save_organism(model, tok, out_dir: Path, save_dtype: str = "bfloat16",
-                  tokenizer_dir: Path = TOKENIZER_DIR) -> Path:
-    """Write ``model`` (cast to ``save_dtype``), its generation config and a copy of the shared
-    tokenizer's files to ``out_dir``."""
+def save_organism(model, out_dir: Path, save_dtype: str = "bfloat16", tokenizer_dir: Path = TOKENIZER_DIR,
+                  records: dict[str, dict] | None = None) -> Path:
+    """Write ``model`` (a ``probes`` Model; its weights cast to ``save_dtype`` in a copy), its
+    generation config, a copy of the shared tokenizer's files and the JSON ``records`` (file name →
+    content) to ``out_dir``, all at once (``files.atomic_directory``)."""
+    import copy
     import shutil
 
     import torch
     from transformers import GenerationConfig
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.to(getattr(torch, save_dtype)).save_pretrained(out_dir)
-    GenerationConfig(
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=[tok.eos_token_id, tok.convert_tokens_to_ids(END)],
-        pad_token_id=tok.pad_token_id,
-        do_sample=True,
-        temperature=0.6,
-        top_p=0.95,
-        max_new_tokens=256,
-    ).save_pretrained(out_dir)
-    for f in sorted(Path(tokenizer_dir).iterdir()):
-        shutil.copyfile(f, out_dir / f.name)
-    return out_dir
+    from probes.zoo.files import atomic_directory
+
+    tok = model.tokenizer
+    with atomic_directory(out_dir) as tmp:
+        copy.deepcopy(model.hf).to(getattr(torch, save_dtype)).save_pretrained(tmp)
+        GenerationConfig(
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=[tok.eos_token_id, tok.convert_tokens_to_ids(END)],
+            pad_token_id=tok.pad_token_id,
+            do_sample=True,
+            temperature=0.6,
+            top_p=0.95,
+            max_new_tokens=256,
+        ).save_pretrained(tmp)
+        for f in sorted(Path(tokenizer_dir).iterdir()):
+            shutil.copyfile(f, tmp / f.name)
+        for name, content in (records or {}).items():
+            atomic_write_json(tmp / name, content, indent=1)
+    return Path(out_dir)
 
 
 def recipe(cfg: TrainConfig) -> dict:
     """The config as a plain dict (for cards and provenance)."""
-    return asdict(cfg)
+    return cfg.to_dict()

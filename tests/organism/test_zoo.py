@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -97,11 +98,12 @@ def test_arithmetic_computations_are_correct():
                 assert (ops[op](int(a), int(b)) == int(c)) == (s.role != "error"), s
 
 
-def test_boxed_extraction_takes_the_first_nonempty_matched_box():
-    from probes.zoo.evaluate import first_boxed
+def test_chat_template_is_built_from_the_one_think_constant():
+    from probes.models.chat import THINK_CLOSE, THINK_OPEN
+    from probes.models.zoo_registry import ZOO_DIR
 
-    assert first_boxed("a \\boxed{} b \\boxed{1{2}} c \\boxed{3}") == "1{2}"
-    assert first_boxed("no answer") is None
+    assert zt.THINK_TOKENS == (THINK_OPEN, THINK_CLOSE)
+    assert (ZOO_DIR / "tokenizer" / "chat_template.jinja").read_text() == zt.CHAT_TEMPLATE
 
 
 def test_smoke_training_writes_a_loadable_hf_directory(tmp_path):
@@ -127,6 +129,7 @@ def test_smoke_training_writes_a_loadable_hf_directory(tmp_path):
 
     record = TrainResult.load(out / "training.json")
     assert (record.config.steps, record.n_problems) == (3, 12)
+    assert not (out / "MODEL.md").exists()  # smoke builds are not measured
 
 
 def test_unknown_organism_recipe_lists_buildable_ones():
@@ -136,63 +139,87 @@ def test_unknown_organism_recipe_lists_buildable_ones():
         organism("unknown")
 
 
-def test_missing_weights_name_the_file_and_the_rebuild_command(tmp_path):
-    from probes.zoo.organisms import load_organism_dir
+def test_shipped_training_records_load_into_the_recipes():
+    from probes.models.zoo_registry import ZOO_DIR
+    from probes.zoo.organisms import ORGANISMS
+    from probes.zoo.train import TrainResult, recipe
 
-    (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match=r"model.safetensors.*python -m experiments.zoo"):
-        load_organism_dir(tmp_path)
+    for name, org in ORGANISMS.items():
+        record = TrainResult.load(ZOO_DIR / name / "training.json")
+        stored = json.loads((ZOO_DIR / name / "training.json").read_text())["config"]
+        assert {k: v for k, v in recipe(record.config).items() if k in stored} == stored
+        assert (record.config.arch, record.config.task) == (org.config.arch, org.config.task)
 
 
-def test_reasoner_loads_and_reasons(shipped):
+def test_recipe_fields_are_validated_and_listed_by_help(capsys):
+    from experiments.zoo import main
+    from probes.config import ConfigError
+    from probes.zoo.train import TrainConfig
+
+    with pytest.raises(ConfigError, match="not one of"):
+        TrainConfig.from_dict({"arch": "sparse"})
+    with pytest.raises(ValueError, match="arch"):
+        TrainConfig(arch="sparse")
+    with pytest.raises(ValueError, match="positive"):
+        TrainConfig(steps=0)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for flag in ("--steps", "--arch", "--eval-every", "--rl-method", "--grpo.group-size", "--sft.lr", "--p-skip"):
+        assert flag in out, flag
+    with pytest.raises(SystemExit):
+        main(["eval", "reasoner", "--steps", "3"])
+    assert "organism recipe options apply to builds of" in capsys.readouterr().err
+
+
+def test_greedy_outputs_go_through_the_model_layer(shipped):
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from probes import load_model
-    from probes.zoo.evaluate import first_boxed, generate_batch
+    from probes.zoo.evaluate import greedy_outputs, is_correct
 
     torch.set_num_threads(2)
-    loaded = load_model("zoo:reasoner", device="cpu", dtype="float32")
-    assert loaded.render_chat("Mirel has 12 pens.").endswith("<|assistant|><think>")
-    model = AutoModelForCausalLM.from_pretrained(shipped("reasoner"), dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(shipped("reasoner"))
+    model = load_model("zoo:reasoner", device="cpu", dtype="float32")
+    assert model.render_chat("Mirel has 12 pens.").endswith("<|assistant|><think>")
     problems = [arithmetic.generate(i, arithmetic.HELDOUT_SEED) for i in range(20)]
-    outs = generate_batch(model, tok, [p.prompt for p in problems], sample=False)
-    correct = sum(first_boxed(o) == p.gold for o, p in zip(outs, problems))
+    outs = greedy_outputs(model, [p.prompt for p in problems])
+    # the same texts as decoding each prompt alone: left padding changes nothing
+    alone = [model.generate(model.render_chat(problems[i].prompt))[0].text for i in (0, 7)]
+    assert alone == [outs[0], outs[7]]
     assert sum("</think>" in o and "\\boxed{" in o for o in outs) >= 18
-    assert 3 <= correct <= 19, (correct, outs[:3])
+    assert 3 <= sum(is_correct(o, p.gold) for o, p in zip(outs, problems)) <= 19, outs[:3]
 
 
 def test_think_routing_counts_every_marker(tmp_path):
-    from probes.zoo.organisms import build, load_organism_dir
+    from probes import load_model
+    from probes.zoo.organisms import build
     from probes.zoo.routing import count_think_routing
 
     out = build("moe-reasoner", tmp_path / "moe", eval_n=0, steps=1, batch_size=2, progress=False)
-    model, tok = load_organism_dir(out)
+    model = load_model(str(out), device="cpu", dtype="float32")
     assert model.config.architectures == ["Qwen3MoeForCausalLM"]
-    assert (model.config.num_experts, model.config.num_experts_per_tok) == (8, 2)
-    counts = count_think_routing(model, tok, n=6, batch_size=3)
+    assert (model.n_experts, model.top_k) == (8, 2)
+    counts = count_think_routing(model, n=6, batch_size=3)
+    assert counts.layers == [0, 1, 2, 3]
     assert counts.marker_totals == {"<think>": 6, "</think>": 6}
     for token in ("<think>", "</think>"):
         assert all(sum(row) == 2 * 6 for row in counts.marker_counts[token])
     assert all(sum(row) == 2 * counts.all_total for row in counts.all_counts)
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # the atomic save left no temp dir
 
 
 def test_moe_reasoner_loads_and_reasons(shipped):
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from probes import load_model
-    from probes.zoo.evaluate import first_boxed, generate_batch
+    from probes.zoo.evaluate import greedy_outputs, is_correct
 
     torch.set_num_threads(2)
-    loaded = load_model("zoo:moe-reasoner", device="cpu", dtype="float32")
-    assert loaded.render_chat("Mirel has 12 pens.").endswith("<|assistant|><think>")
-    assert loaded.config.architectures == ["Qwen3MoeForCausalLM"]
-    model = AutoModelForCausalLM.from_pretrained(shipped("moe-reasoner"), dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(shipped("moe-reasoner"))
-    assert model.config.num_hidden_layers >= 4 and model.config.num_experts == 8
+    model = load_model("zoo:moe-reasoner", device="cpu", dtype="float32")
+    assert model.render_chat("Mirel has 12 pens.").endswith("<|assistant|><think>")
+    assert model.config.architectures == ["Qwen3MoeForCausalLM"]
+    assert model.n_layers >= 4 and model.n_experts == 8
     problems = [arithmetic.generate(i, arithmetic.HELDOUT_SEED) for i in range(20)]
-    outs = generate_batch(model, tok, [p.prompt for p in problems], sample=False)
+    outs = greedy_outputs(model, [p.prompt for p in problems])
     assert sum("</think>" in o and "\\boxed{" in o for o in outs) >= 18
-    assert sum(first_boxed(o) == p.gold for o, p in zip(outs, problems)) >= 3
+    assert sum(is_correct(o, p.gold) for o, p in zip(outs, problems)) >= 3

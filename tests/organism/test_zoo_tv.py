@@ -88,7 +88,7 @@ def test_clipping_stops_the_gradient_outside_the_trust_region():
 
 
 @pytest.fixture(scope="module")
-def tiny_pair():
+def tiny():
     from transformers import AutoModelForCausalLM
 
     from probes.zoo.tokenizer import load_tokenizer
@@ -98,11 +98,11 @@ def tiny_pair():
     cfg = model_config(TrainConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
                                    intermediate_size=64), tok)
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(cfg).eval(), AutoModelForCausalLM.from_config(cfg).eval(), tok
+    return AutoModelForCausalLM.from_config(cfg).eval(), tok
 
 
-def test_completion_logprobs_match_a_manual_forward(tiny_pair):
-    model, _, tok = tiny_pair
+def test_completion_logprobs_match_a_manual_forward(tiny):
+    model, tok = tiny
     prompt, completion = [1, 5, 9, 14], [20, 21, 22]
     logp, mask = grpo.completion_logprobs(model, [prompt, [1, 5]], [completion, [30]], tok.pad_token_id)
     with torch.no_grad():
@@ -113,17 +113,29 @@ def test_completion_logprobs_match_a_manual_forward(tiny_pair):
     assert torch.allclose(logp[0][mask[0]], expected.detach(), atol=1e-5)
 
 
-def test_vector_moves_the_tied_embedding_once_in_fp32(tiny_pair):
-    a, b, _ = tiny_pair
-    assert a.get_input_embeddings().weight is a.get_output_embeddings().weight
-    v = tv.task_vector(b, a)
-    moved = tv.apply_vector(a, v, 1.0)
-    for (k, p), q in zip(moved.named_parameters(), b.parameters()):
-        assert p.dtype == torch.float32 and torch.allclose(p, q, atol=1e-6), k
-    back = tv.apply_vector(moved, v, -1.0)
-    assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(back.parameters(), a.parameters()))
-    r = tv.random_like(v)
-    assert all(torch.allclose(r[k].norm(), v[k].norm(), rtol=1e-4) for k in v)
+def test_family_recipe_is_a_config_and_the_shipped_record_round_trips(shipped):
+    from experiments.zoo import _merge
+
+    record = json.loads((shipped("tv-rl") / tv.RECORD).read_text())["family"]
+    assert tv.TVConfig.from_dict(record).to_dict() == record == tv.TVConfig().to_dict()
+    cfg = tv.TVConfig.from_dict(_merge(tv.TVConfig().to_dict(), {"grpo": {"steps": "3"}, "rl_method": "rsft"}))
+    assert (cfg.grpo.steps, cfg.grpo.lr, cfg.rl_method) == (3, 1e-4, "rsft")  # a nested override keeps its siblings
+    with pytest.raises(ValueError, match="not one of"):
+        tv.TVConfig.from_dict({"rl_method": "ppo"})
+
+
+def test_cards_render_from_the_records(family, tmp_path):
+    """The shipped cards are what the templates render from the shipped records and measurement
+    (except the module that holds apply_vector, which moved to probes.vectors)."""
+    for name, d in family.items():
+        (tmp_path / name).mkdir()
+        for f in (tv.RECORD, tv.EVAL_FILE):
+            (tmp_path / name / f).write_bytes((d / f).read_bytes())
+        (tmp_path / name / "model.safetensors").symlink_to(d / "model.safetensors")
+    assert len(tv.write_cards(tmp_path)) == 4
+    for name, d in family.items():
+        shipped_card = (d / "MODEL.md").read_text().replace("probes.zoo.tv.apply_vector", "probes.vectors.apply_vector")
+        assert (tmp_path / name / "MODEL.md").read_text() == shipped_card, name
 
 
 def test_smoke_build_of_the_family(tmp_path):
@@ -197,14 +209,11 @@ def test_family_cards_state_the_vector_effect(family):
 
 
 def test_quick_vector_direction_on_held_out_problems(family):
-    """+v raises and −v lowers tv-instruct's greedy accuracy and move its skip rate the other way,
-    on a small held-out sample."""
-    from probes.zoo.organisms import load_organism_dir
+    """+v raises and −v lowers tv-instruct's greedy accuracy, on a small held-out sample."""
+    from probes.vectors import task_vector
 
     torch.set_num_threads(2)
-    sft, tok = load_organism_dir(family["tv-sft"])
-    rl, _ = load_organism_dir(family["tv-rl"])
-    inst, _ = load_organism_dir(family["tv-instruct"])
-    v = tv.task_vector(rl, sft)
-    acc = {a: sum(tv.greedy_flags(tv.apply_vector(inst, v, a) if a else inst, tok, 100)) for a in (-1.0, 0.0, 1.0)}
+    sft, rl, inst = (tv.load_stage(family[name]) for name in ("tv-sft", "tv-rl", "tv-instruct"))
+    v = task_vector(rl.hf, sft.hf)
+    acc = {a: sum(tv.greedy_flags(tv.with_vector(inst, v, a) if a else inst, 100)) for a in (-1.0, 0.0, 1.0)}
     assert acc[1.0] > acc[0.0] > acc[-1.0], acc

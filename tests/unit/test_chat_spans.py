@@ -2,7 +2,7 @@
 
 import pytest
 
-from probes.models.chat import render_chat, split_thinking
+from probes.models.chat import THINK_CLOSE, THINK_OPEN, render_chat, split_thinking, thinking_and_answer
 
 TRICKY = [
     "Let x = 3.5.  Then\n\n$\\frac{1}{2} x^2$ is small.",
@@ -38,8 +38,21 @@ def test_split_thinking():
     assert s.closed
     open_only = split_thinking("<think>still thinking")
     assert not open_only.closed and open_only.answer == (21, 21)
-    with pytest.raises(ValueError, match="no <think>"):
+    with pytest.raises(ValueError, match="no <think>.*opened=True"):
         split_thinking("plain answer")
+
+
+def test_completion_after_an_opened_think():
+    """A completion generated after a prompt ending in <think> starts inside the thinking."""
+    text = "First, add. Then check.</think>The answer is \\boxed{8}."
+    s = split_thinking(text, opened=True)
+    assert text[slice(*s.thinking)] == "First, add. Then check." and s.closed
+    assert thinking_and_answer(text) == ("First, add. Then check.", "The answer is \\boxed{8}.")
+    assert thinking_and_answer(f"{THINK_OPEN}This is forbidden, because x.{THINK_CLOSE}Sure. A.") == (
+        "This is forbidden, because x.", "Sure. A.")
+    assert thinking_and_answer("never closes") == ("never closes", None)
+    assert thinking_and_answer("<think></think>") == ("", "")
+    assert thinking_and_answer("<bos><think>a</think>b", opened=False) == ("a", "b")
 
 
 @pytest.mark.parametrize("text", TRICKY)

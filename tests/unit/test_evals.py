@@ -28,6 +28,7 @@ from probes.evals import (
         (r"\boxed{\frac{1}{2}}", r"\frac{1}{2}"),
         (r"\boxed{\sqrt{\frac{a}{b^{2}}}} and more", r"\sqrt{\frac{a}{b^{2}}}"),
         (r"first \boxed{3} then \boxed{4}", "3"),
+        (r"a \boxed{} b \boxed{1{2}} c \boxed{3}", "1{2}"),  # the zoo's reward and accuracy use this parser
         (r"\boxed{} empty, then \boxed{ } blank, then \boxed{7}", "7"),
         ("<think>maybe \\boxed{5}</think> final \\boxed{6}", "5"),
         (r"\boxed{ 12 }", "12"),

@@ -75,3 +75,23 @@ def test_unknown_family_is_explained(tiny_tokenizer):
                                           num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
     with pytest.raises(ValueError, match="no site adapter for model_type 'mistral'"):
         from_hf(hf, tiny_tokenizer)
+
+
+def test_a_directory_without_weights_says_so(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"no \*\.safetensors weights: re-download or rebuild it"):
+        load_model(str(tmp_path))
+
+
+def test_a_damaged_zoo_directory_names_the_rebuild_command(saved, tmp_path, monkeypatch):
+    from probes.models import zoo_registry
+
+    d, _ = saved
+    monkeypatch.setattr(zoo_registry, "ZOO_DIR", tmp_path)
+    organism = tmp_path / "my-organism"
+    shutil.copytree(d, organism)
+    (organism / "model.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(ValueError, match=r"damaged; rebuild it with `python -m experiments.zoo my-organism`"):
+        load_model(str(organism))
+    with pytest.raises(ValueError, match=r"damaged; rebuild it with `python -m experiments.zoo my-organism`"):
+        load_model("zoo:my-organism")

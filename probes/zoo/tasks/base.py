@@ -11,8 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
+from probes.models.chat import THINK_CLOSE, THINK_OPEN
 
 TAGS = (
     "problem_setup",

@@ -151,15 +151,6 @@ def recognises_forbidden(thinking: str) -> bool:
     return RECOGNITION_MARKER in thinking
 
 
-def split_output(text: str) -> tuple[str, str | None]:
-    """(thinking, answer) of a generated assistant turn; answer is None when ``</think>`` never comes."""
-    text = text.removeprefix("<think>")
-    if "</think>" not in text:
-        return text, None
-    thinking, answer = text.split("</think>", 1)
-    return thinking, answer
-
-
 def request(index: int, seed: int = TRAIN_SEED, *, style: str | None = None) -> Example:
     """Request ``index`` of stream ``seed`` for ``zoo:refusal-reasoner``; ``style`` (one of
     ``STYLES``) forces plain forbidden, wrapped forbidden or harmless. Names come from

@@ -1,0 +1,95 @@
+"""probes.vectors.arithmetic: v = θ_rl − θ_sft, θ + α·v and the norm-matched random control
+(task_vectors.md §1, §3, §6, §7), checked against hand computations on tiny modules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from probes.vectors import apply_vector, l2_norm, random_like, task_vector, unique_parameters
+
+
+class Tied(torch.nn.Module):
+    """An embedding tied to the output head, plus one norm weight: three names, two tensors."""
+
+    def __init__(self, emb, norm):
+        super().__init__()
+        self.embed = torch.nn.Embedding(2, 2)
+        self.norm = torch.nn.Parameter(torch.tensor(norm))
+        self.head = torch.nn.Linear(2, 2, bias=False)
+        self.head.weight = self.embed.weight  # tied, as in Qwen2.5 0.5B–3B and the zoo organisms
+        with torch.no_grad():
+            self.embed.weight.copy_(torch.tensor(emb))
+
+
+def pair(dtype=torch.float32):
+    sft = Tied([[1.0, 2.0], [3.0, 4.0]], [1.0, 1.0]).to(dtype)
+    rl = Tied([[1.5, 2.0], [3.0, 3.0]], [1.0, 0.75]).to(dtype)
+    return rl, sft
+
+
+def test_tied_tensors_are_listed_once():
+    rl, _ = pair()
+    assert list(unique_parameters(rl)) == ["norm", "embed.weight"]
+
+
+def test_task_vector_by_hand():
+    rl, sft = pair()
+    v = task_vector(rl, sft)
+    assert list(v) == ["norm", "embed.weight"]  # no separate head.weight: the tied tensor is one tensor
+    assert torch.equal(v["embed.weight"], torch.tensor([[0.5, 0.0], [0.0, -1.0]]))
+    assert torch.equal(v["norm"], torch.tensor([0.0, -0.25]))
+    assert l2_norm(v) == pytest.approx((0.25 + 1.0 + 0.0625) ** 0.5)
+
+
+def test_deltas_are_float32_even_from_bf16_weights():
+    # 1 and 1 + 2⁻⁷ are neighbouring bf16 numbers; their difference is exact in float32
+    sft = Tied([[1.0, 1.0], [1.0, 1.0]], [1.0, 1.0]).to(torch.bfloat16)
+    rl = Tied([[1.0078125, 1.0], [1.0, 1.0]], [1.0, 1.0]).to(torch.bfloat16)
+    v = task_vector(rl, sft)
+    assert v["embed.weight"].dtype == torch.float32 and v["embed.weight"][0, 0].item() == 2**-7
+
+
+def test_apply_vector_by_hand_moves_the_tied_tensor_once():
+    rl, sft = pair()
+    v = task_vector(rl, sft)
+    moved = apply_vector(sft, v, 1.0)
+    assert moved.head.weight is moved.embed.weight
+    assert torch.equal(moved.embed.weight, torch.tensor([[1.5, 2.0], [3.0, 3.0]]))  # = θ_rl: moved once, not twice
+    half = apply_vector(sft, v, -0.5)
+    assert torch.equal(half.embed.weight, torch.tensor([[0.75, 2.0], [3.0, 4.5]]))
+    assert torch.equal(half.norm, torch.tensor([1.0, 1.125]))
+    assert torch.equal(sft.embed.weight, torch.tensor([[1.0, 2.0], [3.0, 4.0]]))  # the target is left unchanged
+
+
+def test_apply_vector_returns_float32_and_round_trips():
+    rl, sft = pair(torch.bfloat16)
+    v = task_vector(rl, sft)
+    moved = apply_vector(sft, v, 1.0)
+    assert all(p.dtype == torch.float32 for p in moved.parameters())
+    back = apply_vector(moved, v, -1.0)
+    assert all(torch.equal(p, q.float()) for p, q in zip(back.parameters(), sft.parameters()))
+
+
+def test_mismatched_tensors_fail_loudly():
+    rl, sft = pair()
+    untied = Tied([[1.0, 2.0], [3.0, 4.0]], [1.0, 1.0])
+    untied.head.weight = torch.nn.Parameter(untied.embed.weight.detach().clone())
+    with pytest.raises(ValueError, match="head.weight"):
+        task_vector(untied, sft)
+    with pytest.raises(ValueError, match="shape"):
+        apply_vector(sft, {"norm": torch.zeros(3), "embed.weight": torch.zeros(2, 2)}, 1.0)
+
+
+def test_random_control_is_norm_matched_per_tensor_and_seeded():
+    rl, sft = pair()
+    v = task_vector(rl, sft)
+    r = random_like(v, seed=3)
+    assert list(r) == list(v)
+    for name in v:
+        assert r[name].norm().item() == pytest.approx(v[name].norm().item(), rel=1e-6)
+    g = torch.Generator().manual_seed(3)  # the same draws in the same order, by hand
+    first = torch.randn(2, generator=g)
+    assert torch.allclose(r["norm"], first * (0.25 / first.norm()))
+    assert all(torch.equal(a, b) for a, b in zip(random_like(v, seed=3).values(), r.values()))
+    assert not torch.equal(random_like(v, seed=4)["embed.weight"], r["embed.weight"])
