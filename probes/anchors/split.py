@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from probes.models.chat import THINK_OPEN, split_thinking
+
 __all__ = [
     "MIN_CHUNK_CHARS",
     "Chunk",
@@ -35,8 +37,6 @@ __all__ = [
     "thinking_text",
 ]
 
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
 MIN_CHUNK_CHARS = 10
 _SENTENCE_END = ".?!"
 _PARAGRAPHS = ("\n\n", "\r\n\r\n")
@@ -55,15 +55,12 @@ class Chunk:
 def thinking_span(full_text: str) -> tuple[int, int]:
     """Character span of the thinking text: after the first ``<think>`` up to the next
     ``</think>`` (or the end of the text when it never closes), whitespace trimmed."""
-    open_at = full_text.find(THINK_OPEN)
-    if open_at < 0:
+    if THINK_OPEN not in full_text:
         raise ValueError(
             "no <think> in the text: a thought-anchors trace is the text between <think> and </think>; "
             "pass the whole completion including the <think> tag"
         )
-    start = open_at + len(THINK_OPEN)
-    close_at = full_text.find(THINK_CLOSE, start)
-    end = len(full_text) if close_at < 0 else close_at
+    start, end = split_thinking(full_text).thinking
     while start < end and full_text[start].isspace():
         start += 1
     while end > start and full_text[end - 1].isspace():
@@ -133,9 +130,9 @@ def split_chunks(text: str, *, remainder: bool = True) -> list[Chunk]:
         start, end = thinking_span(text)
     else:
         start, end = 0, len(text)
-        close_at = text.find(THINK_CLOSE)
-        if close_at >= 0:  # trimmed like the released code, so "end. </think>" has no boundary at the end
-            end = close_at
+        after_prompt = split_thinking(text, opened=True)
+        if after_prompt.closed:  # trimmed like the released code, so "end. </think>" has no boundary at the end
+            end = after_prompt.thinking[1]
             while end > 0 and text[end - 1].isspace():
                 end -= 1
     return _merge_short(_pieces(text[start:end], start, remainder))
