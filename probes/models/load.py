@@ -15,6 +15,8 @@ import torch
 from probes.models.adapters import adapter_for
 from probes.models.model import Model
 
+# Any one of these makes a directory's tokenizer loadable (fast, BPE, SentencePiece, WordPiece).
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "vocab.txt")
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
@@ -77,6 +79,11 @@ def _check_local_dir(path: Path, trust_remote_code: bool, spec: str) -> list[Pat
         raise ValueError(
             f"{path} needs remote code (config.json has auto_map); it is refused unless you pass "
             "trust_remote_code=True after reading that code"
+        )
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        raise ValueError(
+            f"{path} has no tokenizer files ({', '.join(_TOKENIZER_FILES[:2])}, …): save the tokenizer of the model it "
+            f"came from next to the weights (tokenizer.save_pretrained({str(path)!r})), or {_rebuild_hint(spec, path)}"
         )
     return weights
 

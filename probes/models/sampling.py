@@ -3,7 +3,9 @@
 The hot path of thought anchors and of every evaluation (DESIGN.md "Sampling shares
 the prefix"). Each row draws from its own ``torch.Generator`` seeded with its own
 seed, so any rollout can be reproduced on its own: ``sample(prefix, 1, seeds=[s])``
-repeats the row that had seed ``s``. Finished rows (EOS or a stop string) leave the
+repeats the row that had seed ``s`` exactly in float32; in bfloat16 or float16 a batch of
+another shape rounds differently and a row can diverge after a few tokens
+(benchmarks/gpu_check.py measured 2 of 11 rows at 218M parameters). Finished rows (EOS or a stop string) leave the
 batch. Interventions active in ``model.intervene`` apply at every step, with absolute
 positions continuing from the prefix. Logits that define no distribution (NaN or +inf,
 e.g. from an intervention's overflow) raise instead of yielding a token, and a prompt

@@ -95,3 +95,13 @@ def test_a_damaged_zoo_directory_names_the_rebuild_command(saved, tmp_path, monk
         load_model(str(organism))
     with pytest.raises(ValueError, match=r"damaged; rebuild it with `python -m experiments.zoo my-organism`"):
         load_model("zoo:my-organism")
+
+
+def test_a_checkpoint_without_tokenizer_files_is_refused(saved, tmp_path):
+    d, _ = saved
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(d / name, bare / name)
+    with pytest.raises(ValueError, match=r"has no tokenizer files .*tokenizer.save_pretrained"):
+        load_model(str(bare))
