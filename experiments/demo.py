@@ -41,10 +41,6 @@ class DemoConfig(ExperimentConfig):
     seed: int = field(default=0, metadata={"help": "random seed"})
     anchors_rollouts: int = field(default=20, metadata={"help": "thought anchors: resamples per sentence in the demo"})
     stages: list[StageName] = session_field(default_factory=lambda: list(STAGES), help="stages to run, in order")
-    device: str = session_field("auto", help="auto, cpu, cuda, cuda:1, mps")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = session_field("auto", help="model dtype")
-    formats: list[Literal["html", "png", "svg", "pdf"]] = session_field(
-        default_factory=lambda: ["html", "png", "svg", "pdf"], help="figure formats (static ones need Chromium)")
 
     def __post_init__(self):
         if min(self.max_new_tokens, self.lens_positions, self.attention_window, self.anchors_rollouts) < 1:

@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 StageName = Literal["base", "rollouts", "analyse", "receivers", "suppression", "report"]
 STAGES: tuple[StageName, ...] = ("base", "rollouts", "analyse", "receivers", "suppression", "report")
 KL_METRICS = ("counterfactual_importance_kl", "resampling_importance_kl", "forced_importance_kl")
-FORMATS = ["html", "png", "svg", "pdf"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,10 +68,6 @@ class AnchorsConfig(ExperimentConfig):
         "help": "edge cases as this project defines them, or as the released analysis code does"})
     stages: list[StageName] = session_field(default_factory=lambda: list(STAGES), help="stages to run, in order")
     batch_size: int | None = session_field(None, help="rows decoded at once (default: all N); results do not depend on it")
-    device: str = session_field("auto", help="auto, cpu, cuda, cuda:1, mps")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = session_field("auto", help="model dtype")
-    formats: list[Literal["html", "png", "svg", "pdf"]] = session_field(
-        default_factory=lambda: list(FORMATS), help="figure formats (static ones need Chromium)")
 
     def __post_init__(self):
         if not self.base:

@@ -26,7 +26,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from probes.config import Config
 from probes.io import atomic_write_json, remove_stale_temps
@@ -57,6 +57,10 @@ class ExperimentConfig(Config):
     runs_root: str | None = session_field(None, help="runs directory (default $PROBES_RUNS or ./runs)")
     override: bool = session_field(False, help="on resume, accept fields that differ from the stored config "
                                                "(recorded in config.json with the time and the old value)")
+    device: str = session_field("auto", help="auto, cpu, cuda, cuda:1, mps")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = session_field("auto", help="model dtype")
+    formats: list[Literal["html", "png", "svg", "pdf"]] = session_field(
+        default_factory=lambda: ["html", "png", "svg", "pdf"], help="figure formats (static ones need Chromium)")
 
     @classmethod
     def session_fields(cls) -> frozenset[str]:
