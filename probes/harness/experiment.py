@@ -134,9 +134,9 @@ class Stage:
 
 @dataclass(frozen=True)
 class Experiment:
-    """An experiment: ``prepare(cfg)`` validates inputs (no model, no directory), ``load_model(cfg)``,
-    the stages in order, ``audit(ctx)`` lists damaged artifacts and ``summarize(ctx, issues)`` the
-    experiment's own summary (merged into ``summary.json``)."""
+    """An experiment: ``prepare(cfg)`` validates inputs and returns them (no model, no directory),
+    ``load_model(cfg)``, the stages in order, and ``audit(ctx)``, which lists damaged, missing or
+    partial artifacts for ``summary.json`` (a stage may add its own keys with ``write_summary``)."""
 
     name: str
     config: type[ExperimentConfig]
