@@ -4,6 +4,10 @@ The forward stops right after the last decoder block a requested site needs when
 neither ``final_norm`` nor ``logits`` is asked for. A per-site ``reduce`` function runs
 inside the hook (e.g. sentence-averaging an attention pattern), so only its result is
 kept: a 4k-token trace never holds every layer's T×T pattern at once.
+
+With ``grad=True`` the values are kept in the autograd graph instead of detached
+copies, so gradients flow from them back to tensors that require grad (e.g. the
+vector of an ``AddVector`` being optimised); the model's weights are held constant.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ def run_capture(
     positions: Sequence[int] | None = None,
     reduce: Mapping[str, Callable] | None = None,
     stop_early: bool = True,
+    grad: bool = False,
 ) -> Capture:
     points = [resolve(model, s) for s in sites]
     reduce = dict(reduce or {})
@@ -75,21 +80,26 @@ def run_capture(
         key = str(point.site)
         fn = reduce.get(key) or reduce.get(point.site.name)
 
+        def keep(t: torch.Tensor, copy: bool = True) -> torch.Tensor:
+            # copied (a gather copies too), so later in-place edits of the forward never reach the value
+            t = t if grad else t.detach()
+            return t.clone() if copy else t
+
         def read(v):
             ctx = model.ctx
             if fn is not None:
                 values[key] = fn(v, point.site.layer) if point.site.layer is not None else fn(v)
                 return None
             if isinstance(v, tuple):
-                v = tuple(t.detach().clone() for t in v)
+                v = tuple(keep(t) for t in v)
                 if positions is not None:
                     v = tuple(_select(t, ctx.query_pos, ctx.query_valid, positions) for t in v)
             elif positions is not None and not point.kind.in_attention:
-                v = _select(v.detach(), ctx.query_pos, ctx.query_valid, positions)
+                v = _select(keep(v, copy=False), ctx.query_pos, ctx.query_valid, positions)
             elif positions is not None:  # attention: select query rows, (B, H, n, K)
-                v = _select(v.detach().transpose(1, 2), ctx.query_pos, ctx.query_valid, positions).transpose(1, 2)
+                v = _select(keep(v, copy=False).transpose(1, 2), ctx.query_pos, ctx.query_valid, positions).transpose(1, 2)
             else:
-                v = v.detach().clone()
+                v = keep(v)
             values[key] = v
             return None
 
@@ -108,7 +118,7 @@ def run_capture(
 
                 handles.append(model.layers[last].register_forward_hook(stop))
             try:
-                model._run(batch)
+                model._run(batch, grad=grad)
             except _StopForward:
                 pass
         finally:

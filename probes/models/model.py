@@ -287,8 +287,26 @@ class Model:
             advice = advice or f"shorten it to at most {limit} tokens"
             raise ValueError(f"{what} needs {n_tokens} positions but {self.spec} has {limit} (max_position_embeddings): {advice}")
 
-    def _run(self, batch, prompt_len: torch.Tensor | None = None):
-        """One forward pass with absolute position ids (padding-aware)."""
+    @contextlib.contextmanager
+    def _autograd(self, grad: bool):
+        """No autograd, or autograd with the weights held constant: gradients reach only
+        tensors the caller marked (an intervention's vector), and no weight gets a ``.grad``."""
+        if not grad:
+            with torch.no_grad():
+                yield
+            return
+        trainable = [p for p in self.hf.parameters() if p.requires_grad]
+        for p in trainable:
+            p.requires_grad_(False)
+        try:
+            with torch.enable_grad():
+                yield
+        finally:
+            for p in trainable:
+                p.requires_grad_(True)
+
+    def _run(self, batch, prompt_len: torch.Tensor | None = None, grad: bool = False):
+        """One forward pass with absolute position ids (padding-aware); ``grad`` records it for autograd."""
         self.check_length(int(batch["input_ids"].shape[1]))
         kwargs: dict[str, Any] = {"input_ids": batch["input_ids"], "use_cache": False}
         mask = batch.get("attention_mask")
@@ -299,15 +317,25 @@ class Model:
             self.ctx.pending["prompt_len"] = torch.as_tensor(prompt_len, device=self.device).expand(
                 batch["input_ids"].shape[0]
             )
-        with torch.no_grad(), self.scope():
+        with self._autograd(grad), self.scope():
             return self.hf(**kwargs)
 
     def forward(
-        self, inputs, *, prompt_len: int | Sequence[int] | None = None, padding_side: PaddingSide = "left"
+        self,
+        inputs,
+        *,
+        prompt_len: int | Sequence[int] | None = None,
+        padding_side: PaddingSide = "left",
+        grad: bool = False,
     ) -> torch.Tensor:
         """Logits (B, T, vocab) of one forward pass; ``prompt_len`` marks where the
-        ``generated`` phase begins (default: the whole input is prompt)."""
-        return self._run(self.batch(inputs, padding_side), prompt_len).logits
+        ``generated`` phase begins (default: the whole input is prompt).
+
+        With ``grad=True`` the pass is recorded for autograd with the weights held
+        constant: gradients reach the tensors that require them, such as the vector of an
+        ``AddVector`` inside ``model.intervene`` (optimised steering vectors), and no
+        weight receives a ``.grad``."""
+        return self._run(self.batch(inputs, padding_side), prompt_len, grad).logits
 
     def capture(
         self,
@@ -318,12 +346,14 @@ class Model:
         reduce: Mapping[str, Callable] | None = None,
         stop_early: bool = True,
         padding_side: PaddingSide = "left",
+        grad: bool = False,
     ) -> Capture:
-        """Read ``sites`` in one forward pass (see ``probes.models.capture``)."""
+        """Read ``sites`` in one forward pass (see ``probes.models.capture``). With
+        ``grad=True`` the values stay in the autograd graph (weights held constant, as in
+        ``forward``), so a loss on them differentiates with respect to an intervention's vector."""
         if isinstance(sites, (str, Site)):
             sites = [sites]
-        with torch.no_grad():
-            return run_capture(self, self.batch(inputs, padding_side), sites, positions, reduce, stop_early)
+        return run_capture(self, self.batch(inputs, padding_side), sites, positions, reduce, stop_early, grad)
 
     # ----- sampling --------------------------------------------------------------------
     def sample(self, prefix, n: int = 1, **kw):
