@@ -5,7 +5,10 @@
   ``TokenIndex``, ``SpanMean``, ``AnswerLetter``), direction methods chosen by passing them
   (``DiffInMeans``, ``PCADiff``, ``LogisticProbe``), probe and optimised vectors (§1);
 * ``vector``: ``SteeringVector`` (save/load, the steering-vectors layout, ``intervention``
-  → ``AddVector`` / ``ProjectOut``) and its ``Operator`` (§2).
+  → ``AddVector`` / ``ProjectOut``) and its ``Operator`` (§2);
+* ``selection``: one layer × α cell (norm ratio, KL guard, behaviour with intervals), the
+  controls (random, negated, prompting), per-example steerability, dev/test selection (§5);
+* ``efficiency``: the efficient − verbose direction and accuracy / thinking length against α (§1).
 
 Names below resolve on first use, so importing this package loads nothing heavy.
 """
@@ -35,6 +38,51 @@ _EXPORTS = {
     "RESIDUAL_SITES": "vector",
     "Operator": "vector",
     "SteeringVector": "vector",
+    "SteeringCell": "selection",
+    "CellResult": "selection",
+    "KLGuard": "selection",
+    "Scores": "selection",
+    "ControlComparison": "selection",
+    "Steerability": "selection",
+    "Selection": "selection",
+    "LogitDiffItem": "selection",
+    "Metric": "selection",
+    "CONDITIONS": "selection",
+    "DEFAULT_KL_THRESHOLD": "selection",
+    "residual_norm": "selection",
+    "norm_ratio": "selection",
+    "next_token_kl": "selection",
+    "kl_guard": "selection",
+    "behaviour": "selection",
+    "logit_difference": "selection",
+    "per_example": "selection",
+    "evaluate_cell": "selection",
+    "random_direction": "selection",
+    "random_control": "selection",
+    "negated_control": "selection",
+    "with_instruction": "selection",
+    "prompting_baseline": "selection",
+    "compare_controls": "selection",
+    "behaviour_curve": "selection",
+    "steering_slopes": "selection",
+    "steerability": "selection",
+    "split_indices": "selection",
+    "split_examples": "selection",
+    "select_cell": "selection",
+    "select_and_evaluate": "selection",
+    "Response": "efficiency",
+    "EfficiencyDirection": "efficiency",
+    "EfficiencyPoint": "efficiency",
+    "EfficiencyCurve": "efficiency",
+    "AnswerCheck": "efficiency",
+    "boxed_check": "efficiency",
+    "thinking_tokens": "efficiency",
+    "response_from_text": "efficiency",
+    "sample_responses": "efficiency",
+    "contrast_sets": "efficiency",
+    "thinking_means": "efficiency",
+    "efficiency_direction": "efficiency",
+    "efficiency_curve": "efficiency",
 }
 
 __all__ = sorted(_EXPORTS)
