@@ -29,6 +29,7 @@ _EXPORTS = {
     "PCADiff": "directions",
     "ReadPosition": "directions",
     "SpanMean": "directions",
+    "ThinkingMean": "directions",
     "TokenIndex": "directions",
     "contrast_vector": "directions",
     "optimise_vector": "directions",

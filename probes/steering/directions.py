@@ -192,6 +192,24 @@ class SpanMean:
 
 
 @dataclass(frozen=True)
+class ThinkingMean:
+    """The mean over the thinking tokens: strictly between the first ``<think>`` and the first
+    ``</think>`` after it (or the end) — the positions that ``positions="thinking"`` steers."""
+
+    def __call__(self, ids: Sequence[int], model) -> list[int]:
+        ids = [int(i) for i in ids]
+        open_id, close_id = model.ctx.think_open_id, model.ctx.think_close_id
+        if open_id is None or open_id not in ids:
+            raise ValueError(f"no <think> token in an input of {len(ids)} tokens: ThinkingMean reads chat traces "
+                             "with thinking; use SpanMean for plain text")
+        start = ids.index(open_id) + 1
+        end = ids.index(close_id, start) if close_id in ids[start:] else len(ids)
+        if end == start:
+            raise ValueError("the thinking of an input is empty: ThinkingMean needs at least one thinking token")
+        return list(range(start, end))
+
+
+@dataclass(frozen=True)
 class AnswerLetter:
     """The answer-letter token of an A/B item (CAA): the last token whose text, without
     spaces and brackets, is one of ``letters`` ("(A", " B", "A)" all count)."""

@@ -16,6 +16,7 @@ from probes.steering import (
     LogisticProbe,
     PCADiff,
     SpanMean,
+    ThinkingMean,
     TokenIndex,
     contrast_vector,
     optimise_vector,
@@ -113,6 +114,13 @@ def test_read_position_rules_by_hand(qwen):
         SpanMean(3, 3)(ids)
     with pytest.raises(ValueError, match="no answer-letter token"):
         AnswerLetter()(qwen.encode("<bos>no letter here"), qwen)
+    open_, close = qwen.ctx.think_open_id, qwen.ctx.think_close_id
+    assert ThinkingMean()([5, open_, 6, 7, close, 8], qwen) == [2, 3]
+    assert ThinkingMean()([5, open_, 6, 7], qwen) == [2, 3]  # still thinking: to the end
+    with pytest.raises(ValueError, match="no <think> token"):
+        ThinkingMean()([5, 6], qwen)
+    with pytest.raises(ValueError, match="thinking of an input is empty"):
+        ThinkingMean()([open_, close], qwen)
 
 
 # ----- reading through the model ---------------------------------------------------------------------
