@@ -33,7 +33,15 @@ class ForwardContext:
     #: (B,) index of each current row in the batch the user passed (rows leave the
     #: batch when the sampler drops finished sequences).
     row_ids: torch.Tensor | None = None
-    #: ``{"prompt_len": (B,)}`` set by our own forward/sampler for the next call; consumed by ``begin``.
+    #: (R,) the user's rows that the single row of a shared-prefix prefill stands for
+    #: (the sampler prefills a prefix once for all its rows); ``None`` otherwise.
+    prefix_rows: torch.Tensor | None = None
+    #: Counts runs: a forward pass without a KV cache starts a new run, and its decoding
+    #: steps continue it (``SteeredRecord`` keeps the latest run).
+    run_id: int = 0
+    #: Set by our own forward/sampler for the next call and consumed by ``begin``:
+    #: ``prompt_len`` (B,), ``row_ids`` (B,), ``prefix_rows`` (R,), and ``same_run`` (a
+    #: forward without a cache that continues the current run, e.g. the next batch of a sampler).
     pending: dict = field(default_factory=dict)
 
     @property
@@ -62,10 +70,15 @@ class ForwardContext:
             self.key_pos = torch.arange(k, device=device).expand(batch, k)
             self.query_valid = torch.ones(batch, length, dtype=torch.bool, device=device)
         pend, self.pending = self.pending, {}
+        if past_len == 0 and not pend.get("same_run"):
+            self.run_id += 1
         if past_len == 0 or self.history is None or self.history.shape[0] != batch:
             self.history = self.prompt_len = self.row_ids = None
         if "prompt_len" in pend:
             self.prompt_len = pend["prompt_len"]
+        if "row_ids" in pend:
+            self.row_ids = pend["row_ids"]
+        self.prefix_rows = pend.get("prefix_rows")
         if self.row_ids is None or self.row_ids.shape[0] != batch:
             self.row_ids = torch.arange(batch, device=device)
         if self.prompt_len is None or self.prompt_len.shape[0] != batch:

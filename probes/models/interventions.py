@@ -6,6 +6,11 @@ are absolute token indices, spans, phases or token triggers; ``rows`` selects ro
 the batch the user passed (indices or a bool mask). Hand-computed expectations for
 each live in ``tests/unit/test_interventions.py``.
 
+The steering operators of ``reference/steering.md`` §2 (``AddVector``, ``ProjectOut``,
+``AblateThenAdd``, ``ClampProjection``) share ``SteeringOperator``: a (batch, time,
+width) site, optional per-token renormalisation (``rescale_norm``) and an optional
+``SteeredRecord`` of which tokens were steered and by how much.
+
 Attaching is all or nothing: every intervention of a scope is validated against the
 model before any hook is attached (``attach_all``), so a bad one leaves no hook behind.
 The interventions attached now are listed by ``active(model)``; views that cannot apply
@@ -14,6 +19,7 @@ them (``model.tl``) refuse to run while there are any.
 
 from __future__ import annotations
 
+import math
 import numbers
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -88,6 +94,9 @@ def attach_all(model, interventions: Sequence[Intervention]) -> list:
         if not isinstance(iv, Intervention):
             raise TypeError(f"model.intervene takes interventions (AddVector, SuppressKeys, ...), got {type(iv).__name__}")
         plans.append(iv.plan(model))
+    records = [iv.record for iv in interventions if getattr(iv, "record", None) is not None]
+    if len({id(r) for r in records}) < len(records):
+        raise ValueError("two interventions share one SteeredRecord: give each its own (record=True)")
     steps: list[Step] = []
     for iv, plan in zip(interventions, plans):
         steps += plan if plan is not None else [lambda iv=iv: _Handles(iv.attach(model))]
@@ -95,12 +104,14 @@ def attach_all(model, interventions: Sequence[Intervention]) -> list:
     return _attach_steps(steps)
 
 
-def _vector(model, v, width: int, what: str) -> torch.Tensor:
+def _vector(model, v, width: int, what: str, site=None) -> torch.Tensor:
     v = torch.as_tensor(v)
     if v.dim() not in (1, 2):
         raise ValueError(f"{what} must be (d,) or (rows, d), got shape {tuple(v.shape)}")
     if v.shape[-1] != width:
-        raise ValueError(f"{what} has width {v.shape[-1]} but the site has width {width} in {model.spec}")
+        where = "the site" if site is None else f"the site {site}"
+        raise ValueError(f"{what} has width {v.shape[-1]} but {where} has width {width} in {model.spec}: "
+                         f"give {width} numbers (a vector read at that site)")
     return v.to(model.device, torch.float32)
 
 
@@ -131,6 +142,11 @@ class Intervention:
         nothing. ``None`` means the subclass only implements ``attach`` (not validated apart)."""
         return None
 
+    def varies_by_row(self) -> bool:
+        """Whether rows of one batch may be changed differently (``rows``, per-row vectors,
+        sources or spans); the sampler then prefills a shared prefix per row, not once."""
+        return self.rows is not None
+
     def attach(self, model) -> list:
         """Attach the hooks and return their handles; nothing stays attached on an error."""
         steps = self.plan(model)
@@ -157,46 +173,301 @@ def _tensor_site(model, site: str, what: str):
     return point
 
 
+# ----- steering operators (reference/steering.md §2) --------------------------------------
+
+#: Sites whose value is a (batch, time, width) tensor that a steering operator may edit.
+STEERABLE_SITES = ("embed", "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "final_norm", "logits")
+
+
+def _steer_site(model, site: str, what: str):
+    """The hook point of ``site`` if its value is a (batch, time, width) tensor; else an
+    error naming a site or an intervention that fits."""
+    point = resolve(model, site)
+    name = point.site.name
+    if name in STEERABLE_SITES:
+        return point
+    layer = 0 if point.layer is None else point.layer
+    if name == "head_out":
+        shape = "(batch, time, heads, d_head)"
+        fix = f"steer attn_out[{layer}] (the heads' sum, in the residual stream's width) or scale heads with ScaleHeads"
+    elif name in ("attn_scores", "attn_pattern"):
+        shape, fix = "(batch, heads, query, key)", "use SuppressKeys to change attention"
+    elif name in ("router_logits", "expert_topk"):
+        shape, fix = "a routing value", "use ScaleExperts or ForceExperts to change routing"
+    else:
+        shape, fix = "a module output of unknown shape", f"name a site instead, e.g. resid_post[{layer}]"
+    raise ValueError(f"{what} steers (batch, time, width) activations such as resid_post[L]; "
+                     f"{point.site} is {shape}: {fix}")
+
+
+def _finite(value, what: str) -> float:
+    """``value`` as a float; a clear error for NaN, inf or a non-number."""
+    if not isinstance(value, numbers.Real) and hasattr(value, "item"):  # a one-element tensor or array
+        try:
+            value = value.item()
+        except (ValueError, RuntimeError):
+            pass
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{what} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{what} is {value}: use a finite number")
+    return value
+
+
+def _steering_vector(model, v, width: int, what: str, site: str, *, one_row: bool, needs_direction: str | None):
+    """``v`` checked against the site: its width, one row only when ``one_row``, finite
+    values, and no zero vector when ``needs_direction`` names an operation that needs one."""
+    v = _vector(model, v, width, what, site)
+    if one_row and v.dim() != 1:
+        raise ValueError(f"{what} must be one direction of shape ({width},), got shape {tuple(v.shape)}")
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError(f"{what} contains NaN or inf: use finite values")
+    if needs_direction is not None:
+        zero = (v.reshape(-1, width).norm(dim=-1) == 0).nonzero().flatten().tolist()
+        if zero:
+            which = f"{what} is zero" if v.dim() == 1 else f"rows {zero} of {what} are zero"
+            raise ValueError(f"{which}, so it has no direction to {needs_direction}: use a nonzero vector")
+    return v
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    return v / v.norm(dim=-1, keepdim=True)
+
+
+def _ablate(h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """h − (h·u) u for a unit ``u`` of shape (d,) or (B, 1, d)."""
+    return h - (h * u).sum(-1, keepdim=True) * u if u.dim() > 1 else h - (h @ u).unsqueeze(-1) * u
+
+
+def _derived(vec: torch.Tensor, f: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """``f(vec)``, computed once; or at every call when ``vec`` requires grad, so each
+    forward pass builds its own graph to it and can be backpropagated on its own."""
+    if vec.requires_grad:
+        return lambda: f(vec)
+    value = f(vec)
+    return lambda: value
+
+
+#: ``rescale_norm`` leaves a token alone when the edit shrank it below this fraction of its
+#: norm: what is left is float error (e.g. clamping a state's own direction to 0), and
+#: rescaling it would blow that error up to the full norm.
+_ZERO_NORM = 1e-4
+
+
+class SteeredRecord:
+    """Which tokens a steering operator steered, and by how much (``reference/steering.md``
+    §6, "seeing which tokens were steered").
+
+    Give a steering operator ``record=True`` (it makes one: ``op.record``) or a
+    ``SteeredRecord`` of your own, one per operator. On every forward call (a pass
+    without cache, a prefill, each decoding step) the operator's hook notes the absolute
+    position (prompt + generated) of every token it steered and ‖Δh‖ there: the L2 norm
+    of the change it made to the site's value (after any ``rescale_norm``), 0 where the
+    edit changed nothing (e.g. a projection already at the clamp value). ``record[row]``
+    is ``{absolute position: ‖Δh‖}`` for a row the user passed: a prompt of
+    ``generate`` (left padding not counted), a continuation of ``sample``, a row of a
+    forward pass. A prefix that ``sample`` prefills once for all rows counts as steered
+    in every row; rows the sampler drops when they finish keep what they had.
+
+    The record holds the latest run: a forward pass without a KV cache starts a new run
+    and clears it; the decoding steps after a prefill continue it. So after
+    ``model.generate(...)`` or ``model.sample(...)`` it describes that call, and after
+    ``model.forward(...)`` that pass. A generation's last token is never fed back
+    through the model, so it is never steered. Without a record the operator computes
+    none of this.
+    """
+
+    def __init__(self) -> None:
+        self._calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._run: int | None = None
+        self._table: dict[int, dict[int, float]] | None = None
+
+    def clear(self) -> None:
+        """Forget everything recorded."""
+        self._calls, self._run, self._table = [], None, None
+
+    def _add(self, ctx, mask: torch.Tensor, delta_norm: torch.Tensor) -> None:
+        """Note one forward call: ``mask`` (B, T) the steered tokens, ``delta_norm`` (B, T)
+        ‖Δh‖. Keeps device tensors only (no synchronisation); ``by_row`` reads them."""
+        if ctx.run_id != self._run:
+            self.clear()
+            self._run = ctx.run_id
+        rows = ctx.prefix_rows if ctx.prefix_rows is not None else ctx.row_ids
+        pos = torch.where(mask, ctx.query_pos[:, -mask.shape[1]:], -1)
+        self._calls.append((rows, pos, delta_norm.detach()))
+        self._table = None
+
+    def by_row(self) -> dict[int, dict[int, float]]:
+        """``{row: {absolute position: ‖Δh‖}}`` for every row with a steered token, rows and
+        positions in increasing order. A position steered twice in a run keeps the latest value."""
+        if self._table is None:
+            table: dict[int, dict[int, float]] = {}
+            for rows, pos, norm in self._calls:
+                n, t = rows.numel(), pos.shape[1]
+                rr = rows.view(-1, 1).expand(n, t).cpu()
+                pp, nn = pos.expand(n, t).cpu(), norm.expand(n, t).float().cpu()
+                sel = pp >= 0
+                for r, p, d in zip(rr[sel].tolist(), pp[sel].tolist(), nn[sel].tolist()):
+                    table.setdefault(r, {})[p] = d
+            self._table = {r: dict(sorted(table[r].items())) for r in sorted(table)}
+        return self._table
+
+    def __getitem__(self, row: int) -> dict[int, float]:
+        """``{absolute position: ‖Δh‖}`` of ``row`` (empty if nothing was steered there)."""
+        return dict(self.by_row().get(int(row), {}))
+
+    def positions(self, row: int) -> list[int]:
+        """The absolute positions steered in ``row``, in increasing order."""
+        return list(self.by_row().get(int(row), {}))
+
+    def __repr__(self) -> str:
+        table = self.by_row()
+        return f"SteeredRecord({len(table)} rows, {sum(map(len, table.values()))} steered tokens)"
+
+
 @dataclass(frozen=True, kw_only=True, eq=False)
-class AddVector(Intervention):
-    """x ← x + scale · vector at the selected positions (activation addition)."""
+class SteeringOperator(Intervention):
+    """Base of the steering operators (``reference/steering.md`` §2): each edits a
+    (batch, time, width) site (``STEERABLE_SITES``, e.g. ``resid_post[L]``) token by
+    token at the selected positions, computing in float32.
+
+    ``rescale_norm`` scales each steered token back to its norm before the edit,
+    ‖h_new‖ = ‖h_old‖ (repeng's ``normalize=True``); a token the edit sends to 0 (below
+    1e-4 of its norm: float error) is left as the edit made it, having no direction.
+    ``record`` (``True`` or a ``SteeredRecord``) notes which tokens were steered and
+    ‖Δh‖ there; off by default, and then nothing of it is computed.
+
+    A subclass implements ``_edit(model, width)``: validate its inputs and return the
+    function h ↦ h_new (float32, applied to every token of a forward call; the base
+    keeps its value only where the positions and rows select)."""
 
     site: str
+    rescale_norm: bool = False
+    record: SteeredRecord | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.rescale_norm, bool):
+            raise ValueError(f"rescale_norm is True or False, got {self.rescale_norm!r}")
+        rec = self.record
+        if rec is True:
+            rec = SteeredRecord()
+        elif rec is False:
+            rec = None
+        if rec is not None and not isinstance(rec, SteeredRecord):
+            raise ValueError(f"record is True, False or a SteeredRecord, got {type(rec).__name__}")
+        object.__setattr__(self, "record", rec)
+
+    def _edit(self, model, width: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        raise NotImplementedError
+
+    def plan(self, model):
+        point = _steer_site(model, self.site, type(self).__name__)
+        edit = self._edit(model, point.width)
+        rescale, rec = self.rescale_norm, self.record
+
+        def fn(x):
+            m = self._mask(model, x.shape[1])
+            xf = x.float()
+            new = edit(xf)
+            if rescale:
+                before, after = xf.norm(dim=-1, keepdim=True), new.norm(dim=-1, keepdim=True)
+                gone = after <= _ZERO_NORM * before  # numerically 0: float error, no direction to rescale
+                new = new * torch.where(gone, 1.0, before / torch.where(gone, 1.0, after))
+            out = torch.where(m.unsqueeze(-1), new, xf).to(x.dtype)
+            if rec is not None:
+                rec._add(model.ctx, m, (out.float() - xf).norm(dim=-1))
+            return out
+
+        return [lambda: attach(model, point, fn)]
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class AddVector(SteeringOperator):
+    """h ← h + scale · vector at the selected positions (activation addition).
+    ``vector`` is (d,), or (rows, d) for one vector per row the user passed."""
+
     vector: torch.Tensor
     scale: float = 1.0
 
-    def plan(self, model):
-        point = _tensor_site(model, self.site, "AddVector")
-        vec = _vector(model, self.vector, point.width, "vector")
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "scale", _finite(self.scale, "AddVector scale"))
 
-        def fn(x):
-            m = self._mask(model, x.shape[1]).unsqueeze(-1)
-            return x + (self.scale * _row_vec(vec, model) * m).to(x.dtype)
+    def varies_by_row(self) -> bool:
+        return super().varies_by_row() or torch.as_tensor(self.vector).dim() == 2
 
-        return [lambda: attach(model, point, fn)]
+    def _edit(self, model, width):
+        vec = _steering_vector(model, self.vector, width, "vector", self.site, one_row=False, needs_direction=None)
+        scale = self.scale
+        if vec.dim() == 1:
+            sv = _derived(vec, lambda v: (scale * v).view(1, 1, -1))
+            return lambda h: h + sv()
+        sv = _derived(vec, lambda v: scale * v)
+        return lambda h: h + _row_vec(sv(), model)
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
-class ProjectOut(Intervention):
-    """x ← x − (x·û) û at the selected positions (directional ablation)."""
+class ProjectOut(SteeringOperator):
+    """h ← h − (h·û) û at the selected positions (directional ablation), û = direction/‖direction‖."""
 
-    site: str
     direction: torch.Tensor
 
-    def plan(self, model):
-        point = _tensor_site(model, self.site, "ProjectOut")
-        u = _vector(model, self.direction, point.width, "direction")
-        if u.dim() != 1:
-            raise ValueError("ProjectOut takes one direction of shape (d,)")
-        u = u / u.norm().clamp_min(1e-12)
+    def _edit(self, model, width):
+        u = _derived(_steering_vector(model, self.direction, width, "direction", self.site, one_row=True,
+                                      needs_direction="project out"), _unit)
+        return lambda h: _ablate(h, u())
 
-        def fn(x):
-            m = self._mask(model, x.shape[1]).unsqueeze(-1)
-            xf = x.float()
-            proj = (xf @ u).unsqueeze(-1) * u
-            return torch.where(m, xf - proj, xf).to(x.dtype)
 
-        return [lambda: attach(model, point, fn)]
+@dataclass(frozen=True, kw_only=True, eq=False)
+class AblateThenAdd(SteeringOperator):
+    """h ← h − (h·v̂) v̂ + scale · v at the selected positions: remove the component along
+    v̂ = v/‖v‖, then add the raw vector times ``scale`` (steering-vectors' ablation-then-
+    addition operator). ``vector`` is (d,), or (rows, d) for one vector per row."""
+
+    vector: torch.Tensor
+    scale: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "scale", _finite(self.scale, "AblateThenAdd scale"))
+
+    def varies_by_row(self) -> bool:
+        return super().varies_by_row() or torch.as_tensor(self.vector).dim() == 2
+
+    def _edit(self, model, width):
+        vec = _steering_vector(model, self.vector, width, "vector", self.site, one_row=False,
+                               needs_direction="ablate")
+        scale = self.scale
+        u, sv = _derived(vec, _unit), _derived(vec, lambda v: scale * v)
+        if vec.dim() == 1:
+            return lambda h: _ablate(h, u()) + sv()
+        return lambda h: _ablate(h, _row_vec(u(), model)) + _row_vec(sv(), model)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class ClampProjection(SteeringOperator):
+    """h ← h + (value − h·û) û at the selected positions: the projection on
+    û = direction/‖direction‖ is set to ``value``; the rest of h is kept."""
+
+    direction: torch.Tensor
+    value: float
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "value", _finite(self.value, "ClampProjection value"))
+
+    def _edit(self, model, width):
+        u = _derived(_steering_vector(model, self.direction, width, "direction", self.site, one_row=True,
+                                      needs_direction="clamp along"), _unit)
+        c = self.value
+
+        def clamp(h):
+            uu = u()
+            return h + (c - h @ uu).unsqueeze(-1) * uu
+
+        return clamp
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -207,6 +478,9 @@ class Patch(Intervention):
 
     site: str
     source: torch.Tensor
+
+    def varies_by_row(self) -> bool:
+        return super().varies_by_row() or torch.as_tensor(self.source).shape[0] > 1
 
     def plan(self, model):
         point = _tensor_site(model, self.site, "Patch")
@@ -326,10 +600,7 @@ class SuppressKeys(Intervention):
 
     def _bounds(self, model) -> tuple[torch.Tensor, torch.Tensor]:
         """(start, end) per user row (one row when a single span is given)."""
-        single = isinstance(self.span, P.Span) or (
-            isinstance(self.span, tuple) and len(self.span) == 2 and all(isinstance(x, int) for x in self.span)
-        )
-        spans = [self.span] if single else list(self.span)
+        spans = [self.span] if self._single() else list(self.span)
         if not spans:
             raise ValueError("SuppressKeys needs a span (start, end) or one span per row, got an empty list")
         spans = [sp if isinstance(sp, P.Span) else P.Span(*sp) for sp in spans]
@@ -337,6 +608,14 @@ class SuppressKeys(Intervention):
         starts = torch.tensor([sp.start for sp in spans], device=model.device)
         ends = torch.tensor([big if sp.end is None else sp.end for sp in spans], device=model.device)
         return starts, ends
+
+    def _single(self) -> bool:
+        return isinstance(self.span, P.Span) or (
+            isinstance(self.span, tuple) and len(self.span) == 2 and all(isinstance(x, int) for x in self.span)
+        )
+
+    def varies_by_row(self) -> bool:
+        return super().varies_by_row() or (not self._single() and len(list(self.span)) > 1)
 
     def plan(self, model):
         starts, ends = self._bounds(model)

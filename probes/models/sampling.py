@@ -7,7 +7,8 @@ repeats the row that had seed ``s`` exactly in float32; in bfloat16 or float16 a
 another shape rounds differently and a row can diverge after a few tokens
 (benchmarks/gpu_check.py measured 2 of 11 rows at 218M parameters). Finished rows (EOS or a stop string) leave the
 batch. Interventions active in ``model.intervene`` apply at every step, with absolute
-positions continuing from the prefix. Logits that define no distribution (NaN or +inf,
+positions continuing from the prefix and rows numbered as the user's rows (a
+``SteeredRecord`` counts a prefix prefilled once as steered in every row). Logits that define no distribution (NaN or +inf,
 e.g. from an intervention's overflow) raise instead of yielding a token, and a prompt
 plus ``max_new_tokens`` must fit the model's positions.
 """
@@ -22,6 +23,8 @@ from enum import StrEnum
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from probes.models.interventions import active
 
 
 class FinishReason(StrEnum):
@@ -312,7 +315,10 @@ def sample(
 ) -> list[Rollout]:
     """``n`` continuations of ``prefix`` (text or ids); row i uses seed ``seeds[i]``
     (default ``seed + i``). ``batch_size`` bounds the rows decoded at once; the
-    prefix is still prefilled once."""
+    prefix is still prefilled once, unless an active intervention changes rows
+    differently (``rows``, per-row vectors, spans or sources: ``varies_by_row``): then
+    the rows no longer share the prefix's activations, and each batch of rows prefills
+    its own copy."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     seeds = list(seeds) if seeds is not None else [seed + i for i in range(n)]
@@ -322,35 +328,63 @@ def sample(
     dec = _Decoder(model, temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
                    stop=stop, eos_token_ids=eos_token_ids, progress=progress)
     dec.check_fits(len(ids), "the prefix")
-    dev, P = model.device, len(ids)
     results: list[Rollout | None] = [None] * n
+    step = batch_size or n
     with torch.no_grad(), model.scope():
-        cache = _new_cache(model, P)
-        model.ctx.pending["prompt_len"] = torch.tensor([P], device=dev)
-        x = torch.tensor([ids], device=dev)
-        last = model.hf(input_ids=x, position_ids=torch.arange(P, device=dev)[None], past_key_values=cache,
-                        use_cache=True, logits_to_keep=1).logits[:, -1]
-        prefill = [(layer.keys, layer.values) for layer in cache.layers]
-        shared = {i for i, layer in enumerate(cache.layers) if isinstance(layer, _BufferedLayer)}
-        history = model.ctx.history
-        step = batch_size or n
-        model.attn_hooks.prefix = {i: prefill[i] for i in shared}
-        try:
-            for lo in range(0, n, step):
-                rows = list(range(lo, min(n, lo + step)))
-                r = len(rows)
-                row_ids = torch.tensor(rows, device=dev)
-                model.ctx.history = history.expand(r, -1).clone()
-                model.ctx.prompt_len = torch.full((r,), P, device=dev)
-                model.ctx.row_ids = row_ids
-                gens = [torch.Generator(device=dev).manual_seed(int(seeds[i])) for i in rows]
-                done = dec.run(_prefix_cache(model, prefill, shared, r, max_new_tokens), last.expand(r, -1),
-                               torch.full((r,), P, device=dev), None, gens, row_ids)
-                for i, (toks, reason) in done.items():
-                    results[i] = dec.rollout(toks, reason, seeds[i])
-        finally:
-            model.attn_hooks.prefix = {}
+        per_row = any(iv.varies_by_row() for iv in active(model))
+        done = (_sample_per_row if per_row else _sample_shared)(model, dec, ids, n, step, seeds)
+    for i, (toks, reason) in done.items():
+        results[i] = dec.rollout(toks, reason, seeds[i])
     return results  # type: ignore[return-value]
+
+
+def _sample_shared(model, dec: _Decoder, ids: list[int], n: int, step: int, seeds):
+    """Prefill the prefix once for all rows, then decode the rows ``step`` at a time;
+    returns {row: (token ids, finish reason)}."""
+    dev, P = model.device, len(ids)
+    done: dict[int, tuple[list[int], FinishReason]] = {}
+    cache = _new_cache(model, P)
+    model.ctx.pending.update(prompt_len=torch.tensor([P], device=dev), prefix_rows=torch.arange(n, device=dev))
+    x = torch.tensor([ids], device=dev)
+    last = model.hf(input_ids=x, position_ids=torch.arange(P, device=dev)[None], past_key_values=cache,
+                    use_cache=True, logits_to_keep=1).logits[:, -1]
+    prefill = [(layer.keys, layer.values) for layer in cache.layers]
+    shared = {i for i, layer in enumerate(cache.layers) if isinstance(layer, _BufferedLayer)}
+    history = model.ctx.history
+    model.attn_hooks.prefix = {i: prefill[i] for i in shared}
+    try:
+        for lo in range(0, n, step):
+            rows = list(range(lo, min(n, lo + step)))
+            r = len(rows)
+            row_ids = torch.tensor(rows, device=dev)
+            model.ctx.history = history.expand(r, -1).clone()
+            model.ctx.prompt_len = torch.full((r,), P, device=dev)
+            model.ctx.row_ids = row_ids
+            gens = [torch.Generator(device=dev).manual_seed(int(seeds[i])) for i in rows]
+            done.update(dec.run(_prefix_cache(model, prefill, shared, r, dec.max_new_tokens), last.expand(r, -1),
+                                torch.full((r,), P, device=dev), None, gens, row_ids))
+    finally:
+        model.attn_hooks.prefix = {}
+    return done
+
+
+def _sample_per_row(model, dec: _Decoder, ids: list[int], n: int, step: int, seeds):
+    """Like ``_sample_shared`` for interventions that change rows differently: their rows
+    no longer share the prefix's activations, so each batch of rows prefills its own copy."""
+    dev, P = model.device, len(ids)
+    done: dict[int, tuple[list[int], FinishReason]] = {}
+    x = torch.tensor([ids], device=dev)
+    for lo in range(0, n, step):
+        rows = list(range(lo, min(n, lo + step)))
+        r = len(rows)
+        row_ids = torch.tensor(rows, device=dev)
+        cache = _new_cache(model, P + dec.max_new_tokens)
+        model.ctx.pending.update(prompt_len=torch.full((r,), P, device=dev), row_ids=row_ids, same_run=lo > 0)
+        last = model.hf(input_ids=x.expand(r, -1), position_ids=torch.arange(P, device=dev).expand(r, -1),
+                        past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        gens = [torch.Generator(device=dev).manual_seed(int(seeds[i])) for i in rows]
+        done.update(dec.run(cache, last, torch.full((r,), P, device=dev), None, gens, row_ids))
+    return done
 
 
 def generate(

@@ -335,7 +335,7 @@ def test_bad_interventions(tiny_models):
     with pytest.raises(ValueError, match=r"ForceExperts needs a mixture-of-experts model, but tiny:qwen3 \(qwen3\) is dense"):
         with dense.intervene(ForceExperts(include=[1])):
             pass
-    with pytest.raises(ValueError, match="width 7 but the site has width 64"):
+    with pytest.raises(ValueError, match=r"vector has width 7 but the site resid_post\[0\] has width 64 in tiny:qwen3: give 64 numbers"):
         with dense.intervene(AddVector(site="resid_post[0]", vector=torch.ones(7))):
             pass
     with pytest.raises(ValueError, match="dense"):

@@ -154,3 +154,55 @@ def test_report_contains_all_sections(tmp_path: Path, fig) -> None:
     ]
     assert order == sorted(order)
     assert sorted(p.name for p in (tmp_path / "run" / "figures").iterdir()) == ["attn.html", "lens.html"]
+
+
+def test_steered_text_colours_tokens_by_delta_norm(tmp_path: Path) -> None:
+    from probes.plots.viewer import write_steered_text
+
+    tokens = ["<b>", "Hi", " there", "\n", "x", "&"]
+    out = write_steered_text(tmp_path / "steered.html", tokens, {2: 0.5, 3: 1.0, 4: 0.0}, prompt_len=2,
+                             title="AddVector <L2>")
+    page = out.read_text()
+    assert page.startswith("<!doctype html>") and "<script src" not in page and "http" not in page
+    assert "&lt;b&gt;" in page and "AddVector &lt;L2&gt;" in page and ">&amp;</span>" in page
+    assert page.count('title="#') == 6 and page.count(': not steered"') == 3  # one span per token
+    assert 'rgba(214,39,40,0.500)" title="#2: ‖Δh‖ = 0.5"> there' in page
+    assert 'rgba(214,39,40,1.000)" title="#3: ‖Δh‖ = 1">\n' in page
+    assert 'class="t st" style="background:rgba(214,39,40,0.000)" title="#4: ‖Δh‖ = 0">x' in page  # steered, Δ 0
+    assert "3 of 6 tokens steered" in page and "‖Δh‖ 0<i class=\"bar\"></i>1</span>" in page
+    assert page.count('class="cut"') == 1 and page.index(">Hi<") < page.index('class="cut"') < page.index("> there<")
+    # a sequence with one value per token (None = not steered) gives the same page
+    same = write_steered_text(tmp_path / "seq.html", tokens, [None, None, 0.5, 1.0, 0.0, None], prompt_len=2,
+                              title="AddVector <L2>")
+    assert same.read_text() == page
+
+
+def test_steered_text_input_errors(tmp_path: Path) -> None:
+    from probes.plots.viewer import write_steered_text
+
+    with pytest.raises(ValueError, match=r"position 7 but there are 3 tokens \(positions 0\.\.2\): give the tokens"):
+        write_steered_text(tmp_path / "a.html", ["a", "b", "c"], {7: 1.0})
+    with pytest.raises(ValueError, match="got 2 delta_norms for 3 tokens: give one per token"):
+        write_steered_text(tmp_path / "a.html", ["a", "b", "c"], [1.0, None])
+    with pytest.raises(ValueError, match=r"‖Δh‖ of token 1 is nan: norms are finite numbers >= 0"):
+        write_steered_text(tmp_path / "a.html", ["a", "b", "c"], {1: float("nan")})
+    with pytest.raises(ValueError, match="token 0 is -1.0"):
+        write_steered_text(tmp_path / "a.html", ["a", "b", "c"], [-1.0, None, None])
+    with pytest.raises(ValueError, match=r"prompt_len 5 is outside 0\.\.3"):
+        write_steered_text(tmp_path / "a.html", ["a", "b", "c"], {}, prompt_len=5)
+    assert not any(tmp_path.iterdir())
+
+
+def test_steered_text_from_a_steered_generation(tmp_path: Path, tiny_models) -> None:
+    from probes.models.interventions import AddVector
+    from probes.plots.viewer import write_steered_text
+
+    model = tiny_models("qwen3")
+    prompt = "<bos><|user|>Alice has 3 apples.<|end|><|assistant|><think>"
+    op = AddVector(site="resid_post[0]", vector=torch.ones(model.d_model), positions="generated", record=True)
+    with model.intervene(op):
+        out = model.generate(prompt, max_new_tokens=5, eos_token_ids=[])[0]
+    ids = model.encode(prompt) + out.token_ids
+    tokens = [model.tokenizer.decode([t]) for t in ids]
+    page = write_steered_text(tmp_path / "gen.html", tokens, op.record[0], prompt_len=len(ids) - 5).read_text()
+    assert f"4 of {len(ids)} tokens steered" in page  # every generated token but the last, fed back 4 times

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from probes.models import AddVector
+from probes.models import AddVector, Patch
 from probes.models.sampling import draw
 
 PROMPT = "<bos><|user|>Alice has 3 apples.<|end|><|assistant|><think>"
@@ -114,8 +114,8 @@ def test_nan_logits_raise_instead_of_picking_the_last_token(qwen):
         draw(logits, 1.0, 1.0, 0, [torch.Generator().manual_seed(0)] * 3)
     with pytest.raises(ValueError, match=r"row\(s\) \[7\]"):
         check_logits(logits[1:2], rows=[7])
-    nan = torch.full((qwen.vocab_size,), float("nan"))
-    with qwen.intervene(AddVector(site="logits", vector=nan, positions="generated")):
+    nan = torch.full((1, 128, qwen.vocab_size), float("nan"))  # steering operators refuse NaN: patch it in
+    with qwen.intervene(Patch(site="logits", source=nan, positions="generated")):
         with pytest.raises(ValueError, match=r"row\(s\) \[0, 1\] contain NaN"):
             qwen.sample(PROMPT, 2, max_new_tokens=3, eos_token_ids=[])
         with pytest.raises(ValueError, match="contain NaN"):
