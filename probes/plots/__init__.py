@@ -15,10 +15,11 @@ from probes.plots.attention import attention_heatmap
 from probes.plots.export import FORMATS, find_browser, save_figure
 from probes.plots.lens import logit_lens_figure
 from probes.plots.report import Report
-from probes.plots.viewer import write_trace_viewer
+from probes.plots.viewer import write_steered_text, write_trace_viewer
 
 __all__ = [
     "FORMATS", "Report", "attention_heatmap", "category_means_figure", "find_browser", "importance_bars",
     "kurtosis_heatmap", "logit_lens_figure", "save_figure", "sentence_matrix_heatmap", "suppression_heatmap",
+    "write_steered_text",
     "write_trace_viewer",
 ]
