@@ -15,11 +15,12 @@ from probes.plots.attention import attention_heatmap
 from probes.plots.export import FORMATS, find_browser, save_figure
 from probes.plots.lens import logit_lens_figure
 from probes.plots.report import Report
+from probes.plots.steering import behaviour_alpha_figure, kl_alpha_figure, steerability_histogram
 from probes.plots.viewer import write_steered_text, write_trace_viewer
 
 __all__ = [
-    "FORMATS", "Report", "attention_heatmap", "category_means_figure", "find_browser", "importance_bars",
-    "kurtosis_heatmap", "logit_lens_figure", "save_figure", "sentence_matrix_heatmap", "suppression_heatmap",
+    "FORMATS", "Report", "attention_heatmap", "behaviour_alpha_figure", "category_means_figure", "find_browser", "importance_bars",
+    "kl_alpha_figure", "kurtosis_heatmap", "logit_lens_figure", "save_figure", "sentence_matrix_heatmap", "steerability_histogram", "suppression_heatmap",
     "write_steered_text",
     "write_trace_viewer",
 ]

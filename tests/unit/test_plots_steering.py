@@ -1,0 +1,37 @@
+"""Steering figures on fixed arrays."""
+
+import numpy as np
+import pytest
+
+from probes.plots import behaviour_alpha_figure, kl_alpha_figure, steerability_histogram
+
+
+def test_behaviour_alpha_bands_and_baseline():
+    mean = np.array([[0.1, 0.3, np.nan], [0.0, 0.2, 0.5]])
+    lo, hi = mean - 0.05, mean + 0.05
+    fig = behaviour_alpha_figure([8, 2, 4], mean, lo, hi, layers=[1, 2], baseline=0.4, metric="refusal rate")
+    lines = [t for t in fig.data if t.mode == "lines+markers"]
+    assert [t.name for t in lines] == ["layer 1", "layer 2"]
+    assert list(lines[0].x) == [2, 8] and list(lines[0].y) == [0.3, 0.1]  # sorted by α, the NaN cell dropped
+    assert list(lines[1].x) == [2, 4, 8] and list(lines[1].y) == [0.2, 0.5, 0.0]
+    band = fig.data[0]
+    assert band.fill == "toself" and list(band.x) == [2, 8, 8, 2]
+    assert np.allclose(band.y, [0.35, 0.15, 0.05, 0.25])
+    assert len(fig.layout.shapes) == 1 and fig.layout.shapes[0].y0 == 0.4
+    assert len(behaviour_alpha_figure([1], [[0.1]], [[0]], [[0.2]], layers=[0]).layout.shapes) == 0
+    with pytest.raises(ValueError, match=r"\(n_layers, n_alphas\) = \(2, 3\)"):
+        behaviour_alpha_figure([1, 2, 3], mean[:1], lo, hi, layers=[1, 2])
+
+
+def test_kl_alpha_threshold_line():
+    fig = kl_alpha_figure([4, 8], [[0.01, 0.2], [0.02, np.nan]], layers=[1, 2], threshold=0.1)
+    assert [list(t.y) for t in fig.data] == [[0.01, 0.2], [0.02]]
+    assert fig.layout.shapes[0].y0 == 0.1 and fig.layout.shapes[0].line.dash == "dash"
+
+
+def test_steerability_histogram_title():
+    fig = steerability_histogram([0.1, -0.2, 0.0, 0.3], 0.25, title="Slopes")
+    assert list(fig.data[0].x) == [0.1, -0.2, 0.0, 0.3]
+    assert "anti-steerable fraction 0.25" in fig.layout.title.text and "n = 4" in fig.layout.title.text
+    with pytest.raises(ValueError, match="finite"):
+        steerability_histogram([np.nan], 0.0)
