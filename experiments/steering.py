@@ -466,7 +466,12 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
                          "mean_kl": _r(chosen.kl.mean_kl, 5), "dev": _r(chosen.estimate.value, 4)}
     report.add_table([{"layer": chosen.layer, "alpha": _r(chosen.alpha, 4), "norm ratio": _r(chosen.norm_ratio),
                        "mean KL": _r(chosen.kl.mean_kl, 4), "dev behaviour [95% CI]": _ci(chosen.estimate)}],
-                     caption="Chosen cell: the best dev behaviour among cells passing the KL guard (§5.1)")
+                     caption="Chosen cell: the best dev behaviour among cells passing the KL guard (§5.1); ties go to "
+                             "the smaller norm ratio, then the lower layer, then the smaller |α|")
+    ties = [c for c in passed if c.estimate.value == chosen.estimate.value]
+    if len(ties) > 1:
+        report.add_text(f"{len(ties)} passing cells tie at dev behaviour {_r(chosen.estimate.value)}: the choice "
+                        "among them is the tie-break, not a measured difference.")
     if controls is None:
         report.add_text("The chosen cell has not been evaluated on the test split yet: run the evaluate stage.")
         return summary
