@@ -84,3 +84,10 @@ def build_model(family: str, vocab_size: int = 512, seed: int = 0, layers: int =
             if "gate.weight" in name or "router" in name:
                 p.normal_(0, 0.5)
     return model
+
+
+def assert_no_hooks(model):
+    """No forward hook and no attention hook is left on ``model`` (every scope cleaned up)."""
+    for mod in model.hf.modules():
+        assert not mod._forward_hooks and not mod._forward_pre_hooks
+    assert not any(model.attn_hooks.scores.values()) and not any(model.attn_hooks.pattern.values())

@@ -17,6 +17,7 @@ from probes.models import (
     Trigger,
 )
 from probes.models.interventions import NormScope
+from tests.tiny import assert_no_hooks
 
 PROMPT = "<bos><|user|>Alice has 3 apples and buys 5 more.<|end|><|assistant|><think>"
 
@@ -24,12 +25,6 @@ PROMPT = "<bos><|user|>Alice has 3 apples and buys 5 more.<|end|><|assistant|><t
 @pytest.fixture
 def qwen(tiny_models):
     return tiny_models("qwen3")
-
-
-def _no_hooks(model):
-    for mod in model.hf.modules():
-        assert not mod._forward_hooks and not mod._forward_pre_hooks
-    assert not any(model.attn_hooks.scores.values()) and not any(model.attn_hooks.pattern.values())
 
 
 def test_add_vector_at_positions(qwen):
@@ -45,7 +40,7 @@ def test_add_vector_at_positions(qwen):
     assert not torch.allclose(cap["logits"][0, 2:], base["logits"][0, 2:])
     after = qwen.capture(PROMPT, ["logits"])["logits"]
     assert torch.equal(after, base["logits"])  # removing restores identical logits
-    _no_hooks(qwen)
+    assert_no_hooks(qwen)
 
 
 def test_project_out(qwen):
@@ -270,7 +265,7 @@ def test_exception_inside_scope_removes_hooks(qwen):
         with qwen.intervene(AddVector(site="resid_post[0]", vector=torch.ones(qwen.d_model)),
                             SuppressKeys(span=(0, 2))):
             raise RuntimeError("boom")
-    _no_hooks(qwen)
+    assert_no_hooks(qwen)
 
 
 @pytest.mark.parametrize("family", ["qwen3", "gpt2", "qwen2_moe"])
@@ -315,19 +310,19 @@ def test_failed_intervene_leaves_no_hook(tiny_models, mixed_moe):
     with pytest.raises(ValueError, match=r"layer 0 of tiny:mixed-moe is dense; MoE layers are \[1\]"):
         with mixed_moe.intervene(ok, SuppressKeys(span=(0, 2)), ForceExperts(layers=[1, 0], include=[2])):
             pass
-    _no_hooks(mixed_moe)
+    assert_no_hooks(mixed_moe)
     with pytest.raises(ValueError, match="dense"):
         ForceExperts(layers=[1, 0], include=[2]).attach(mixed_moe)
-    _no_hooks(mixed_moe)
+    assert_no_hooks(mixed_moe)
     dense = tiny_models("qwen3")
     with pytest.raises(ValueError, match=r"head 9 out of range"):
         with dense.intervene(ok, ScaleHeads(heads=[(0, 1), (1, 9)])):
             pass
-    _no_hooks(dense)
+    assert_no_hooks(dense)
     with pytest.raises(TypeError, match="model.intervene takes interventions"):
         with dense.intervene(ok, "resid_post[0]"):
             pass
-    _no_hooks(dense)
+    assert_no_hooks(dense)
 
 
 def test_bad_interventions(tiny_models):
@@ -346,7 +341,7 @@ def test_bad_interventions(tiny_models):
             pass
     with pytest.raises(ValueError, match="unknown phase"):
         AddVector(site="resid_post[0]", vector=torch.ones(64), positions="thinkng")
-    _no_hooks(dense)
+    assert_no_hooks(dense)
 
 
 def test_suppress_keys_per_row_spans_equal_single_runs(qwen):

@@ -17,6 +17,7 @@ from probes.models.interventions import (
     SuppressKeys,
 )
 from probes.models.positions import Phase, Span, Trigger
+from tests.tiny import assert_no_hooks
 
 PROMPT = "<bos><|user|>Alice has 3 apples and buys 5 more.<|end|><|assistant|><think>"
 SHORT = "<bos><|user|>Hi<|end|><|assistant|><think>"
@@ -26,12 +27,6 @@ SITE = "resid_post[0]"
 @pytest.fixture
 def qwen(tiny_models):
     return tiny_models("qwen3")
-
-
-def _no_hooks(model):
-    for mod in model.hf.modules():
-        assert not mod._forward_hooks and not mod._forward_pre_hooks
-    assert not any(model.attn_hooks.scores.values()) and not any(model.attn_hooks.pattern.values())
 
 
 def _vec(d, seed, norm=1.0):
@@ -93,7 +88,7 @@ def test_operator_equals_the_formula_on_the_captured_residual(qwen, kind, rescal
     rec = op.record.by_row()
     assert list(rec) == [0] and list(rec[0]) == pos
     torch.testing.assert_close(torch.tensor(list(rec[0].values())), (want - base)[pos].norm(dim=-1), atol=1e-5, rtol=1e-5)
-    _no_hooks(qwen)
+    assert_no_hooks(qwen)
 
 
 def test_per_row_vectors_on_a_left_padded_batch(qwen):
@@ -153,13 +148,13 @@ def test_bad_inputs_are_refused_with_the_fix_and_leave_no_hook(qwen):
         with pytest.raises(ValueError, match=msg):
             with qwen.intervene(ok, SuppressKeys(span=(0, 2)), op):
                 pass
-        _no_hooks(qwen)
+        assert_no_hooks(qwen)
     shared = SteeredRecord()
     with pytest.raises(ValueError, match="share one SteeredRecord: give each its own"):
         with qwen.intervene(AddVector(site=SITE, vector=torch.ones(d), record=shared),
                             ProjectOut(site=SITE, direction=torch.ones(d), record=shared)):
             pass
-    _no_hooks(qwen)
+    assert_no_hooks(qwen)
     # scalars are checked when the operator is made
     with pytest.raises(ValueError, match="AddVector scale is nan: use a finite number"):
         AddVector(site=SITE, vector=torch.ones(d), scale=float("nan"))
