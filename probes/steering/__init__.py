@@ -8,7 +8,9 @@
   → ``AddVector`` / ``ProjectOut``) and its ``Operator`` (§2);
 * ``selection``: one layer × α cell (norm ratio, KL guard, behaviour with intervals), the
   controls (random, negated, prompting), per-example steerability, dev/test selection (§5);
-* ``efficiency``: the efficient − verbose direction and accuracy / thinking length against α (§1).
+* ``efficiency``: the efficient − verbose direction and accuracy / thinking length against α (§1);
+* ``hybrid``: a base model steered by per-category vectors where its greedy token differs from a
+  thinking model's, with a KV cache on both; gap recovered, share steered, ablations (§4).
 
 Names below resolve on first use, so importing this package loads nothing heavy.
 """
@@ -84,6 +86,22 @@ _EXPORTS = {
     "thinking_means": "efficiency",
     "efficiency_direction": "efficiency",
     "efficiency_curve": "efficiency",
+    "COEFFICIENTS": "hybrid",
+    "SentenceLabeller": "hybrid",
+    "LabelledTrace": "hybrid",
+    "taxonomy_labeller": "hybrid",
+    "labelled_traces": "hybrid",
+    "CategoryClassifier": "hybrid",
+    "fit_category_classifier": "hybrid",
+    "CategoryVectors": "hybrid",
+    "fit_category_vectors": "hybrid",
+    "hybrid_generate": "hybrid",
+    "HybridTrace": "hybrid",
+    "Baselines": "hybrid",
+    "greedy_baselines": "hybrid",
+    "evaluate_hybrid": "hybrid",
+    "HybridResult": "hybrid",
+    "hybrid_ablations": "hybrid",
 }
 
 __all__ = sorted(_EXPORTS)
