@@ -35,6 +35,7 @@ from typing import Any, Literal
 import numpy as np
 
 from probes.harness import Context, Experiment, ExperimentConfig, Issue, Stage, main, session_field
+from probes.plots.report import rounded
 
 log = logging.getLogger(__name__)
 
@@ -390,13 +391,8 @@ def audit(ctx: Context) -> list[Issue]:
 # ----- report: saved artifacts only ------------------------------------------------------------------
 
 
-def _r(x, digits: int = 3):
-    """A number rounded for reading (None for NaN or None)."""
-    return None if x is None or not np.isfinite(x) else round(float(x), digits)
-
-
 def _ci(e, digits: int = 3) -> str:
-    return f"{_r(e.value, digits)} [{_r(e.lo, digits)}, {_r(e.hi, digits)}]"
+    return f"{rounded(e.value, digits)} [{rounded(e.lo, digits)}, {rounded(e.hi, digits)}]"
 
 
 def grid_arrays(cells, layers: list[int], alphas: list[float]) -> dict[str, np.ndarray]:
@@ -436,8 +432,8 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
         report.add_text("No sweep cells yet: run the collect, directions and sweep stages.")
         return {}
     summary: dict[str, Any] = {}
-    report.add_table([{"layer": c.layer, "alpha": _r(c.alpha, 4), "norm ratio": _r(c.norm_ratio),
-                       "mean KL": _r(c.kl.mean_kl, 4), "KL guard": "pass" if c.passed else "fail",
+    report.add_table([{"layer": c.layer, "alpha": rounded(c.alpha, 4), "norm ratio": rounded(c.norm_ratio),
+                       "mean KL": rounded(c.kl.mean_kl, 4), "KL guard": "pass" if c.passed else "fail",
                        "dev behaviour [95% CI]": _ci(c.estimate), "n": c.estimate.n} for c in cells],
                      caption=f"Dev split: every (layer, α) cell; the guard passes at mean KL ≤ {cfg.kl_threshold:g} on "
                              f"{cfg.n_neutral} neutral prompts (§5.5)")
@@ -462,15 +458,15 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
     if chosen is None:
         report.add_text(f"No cell passes the KL guard (threshold {cfg.kl_threshold:g}): add smaller alphas.")
         return {"chosen": None}
-    summary["chosen"] = {"layer": chosen.layer, "alpha": chosen.alpha, "norm_ratio": _r(chosen.norm_ratio, 4),
-                         "mean_kl": _r(chosen.kl.mean_kl, 5), "dev": _r(chosen.estimate.value, 4)}
-    report.add_table([{"layer": chosen.layer, "alpha": _r(chosen.alpha, 4), "norm ratio": _r(chosen.norm_ratio),
-                       "mean KL": _r(chosen.kl.mean_kl, 4), "dev behaviour [95% CI]": _ci(chosen.estimate)}],
+    summary["chosen"] = {"layer": chosen.layer, "alpha": chosen.alpha, "norm_ratio": rounded(chosen.norm_ratio, 4),
+                         "mean_kl": rounded(chosen.kl.mean_kl, 5), "dev": rounded(chosen.estimate.value, 4)}
+    report.add_table([{"layer": chosen.layer, "alpha": rounded(chosen.alpha, 4), "norm ratio": rounded(chosen.norm_ratio),
+                       "mean KL": rounded(chosen.kl.mean_kl, 4), "dev behaviour [95% CI]": _ci(chosen.estimate)}],
                      caption="Chosen cell: the best dev behaviour among cells passing the KL guard (§5.1); ties go to "
                              "the smaller norm ratio, then the lower layer, then the smaller |α|")
     ties = [c for c in passed if c.estimate.value == chosen.estimate.value]
     if len(ties) > 1:
-        report.add_text(f"{len(ties)} passing cells tie at dev behaviour {_r(chosen.estimate.value)}: the choice "
+        report.add_text(f"{len(ties)} passing cells tie at dev behaviour {rounded(chosen.estimate.value)}: the choice "
                         "among them is the tie-break, not a measured difference.")
     if controls is None:
         report.add_text("The chosen cell has not been evaluated on the test split yet: run the evaluate stage.")
@@ -481,9 +477,9 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
                              f"negated vector, prompting baseline: {cfg.instruction!r} in the user turn)")
     report.add_table([{"steered − condition": k, "difference [95% CI]": _ci(e)} for k, e in controls.differences.items()],
                      caption="Paired differences on the test split (bootstrap over examples)")
-    summary["test"] = {k: {"value": _r(s.estimate.value, 4), "lo": _r(s.estimate.lo, 4), "hi": _r(s.estimate.hi, 4),
+    summary["test"] = {k: {"value": rounded(s.estimate.value, 4), "lo": rounded(s.estimate.lo, 4), "hi": rounded(s.estimate.hi, 4),
                            "n": s.estimate.n} for k, s in controls.conditions.items()}
-    summary["differences"] = {k: {"value": _r(e.value, 4), "lo": _r(e.lo, 4), "hi": _r(e.hi, 4)}
+    summary["differences"] = {k: {"value": rounded(e.value, 4), "lo": rounded(e.lo, 4), "hi": rounded(e.hi, 4)}
                               for k, e in controls.differences.items()}
     if ctx.done("evaluate", "steerability"):
         st = Steerability.load(ctx.run.path / STEERABILITY)
@@ -493,12 +489,12 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
                           "steering_steerability",
                           caption=f"Least-squares slope of each test example's metric against α over {curve['alphas']} "
                                   "(Tan et al., §5.3)")
-        report.add_table([{"layer": curve["layer"], "mean slope [95% CI]": _ci(st.mean, 5), "std": _r(st.std, 5),
-                           "anti-steerable fraction": _r(st.anti_steerable_fraction),
-                           "zero-slope fraction": _r(float(np.mean(st.slopes == 0)))}],
+        report.add_table([{"layer": curve["layer"], "mean slope [95% CI]": _ci(st.mean, 5), "std": rounded(st.std, 5),
+                           "anti-steerable fraction": rounded(st.anti_steerable_fraction),
+                           "zero-slope fraction": rounded(float(np.mean(st.slopes == 0)))}],
                          caption="Per-example steerability on the test split")
-        summary["steerability"] = {"layer": curve["layer"], "mean": _r(st.mean.value, 5), "std": _r(st.std, 5),
-                                   "anti_steerable_fraction": _r(st.anti_steerable_fraction, 4)}
+        summary["steerability"] = {"layer": curve["layer"], "mean": rounded(st.mean.value, 5), "std": rounded(st.std, 5),
+                                   "anti_steerable_fraction": rounded(st.anti_steerable_fraction, 4)}
     return summary
 
 

@@ -31,6 +31,7 @@ from probes.anchors.compat import Compat
 from probes.anchors.embed import EmbedderName
 from probes.anchors.receivers import ReceiverSettingsName
 from probes.harness import Context, Experiment, ExperimentConfig, Issue, Stage, main, session_field
+from probes.plots.report import rounded
 
 log = logging.getLogger(__name__)
 
@@ -353,11 +354,6 @@ KURTOSIS_GAP = 1.0
 """The receiver-head map is drawn only when the top-k heads' mean kurtosis exceeds the median head's by this."""
 
 
-def _r(x, digits: int = 3):
-    """A number rounded for reading (None for NaN)."""
-    return None if x is None or not np.isfinite(x) else round(float(x), digits)
-
-
 def trace_table(ctx: Context, t: TraceDirs) -> dict[str, Any]:
     """Everything known about one trace's sentences, from the saved artifacts."""
     from probes.anchors.importance import AnchorScores
@@ -451,13 +447,13 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
     rho = summary["spearman_mean"]
     report.add_table([{
         "traces": summary["n_traces"],
-        "anchor sentences, mean cf KL": _r(summary["anchor_mean_cf_kl"]),
-        "filler sentences, mean cf KL": _r(summary["filler_mean_cf_kl"]),
-        **{f"Spearman {k}": _r(v, 2) for k, v in rho.items()},
+        "anchor sentences, mean cf KL": rounded(summary["anchor_mean_cf_kl"]),
+        "filler sentences, mean cf KL": rounded(summary["filler_mean_cf_kl"]),
+        **{f"Spearman {k}": rounded(v, 2) for k, v in rho.items()},
     }], caption="Planted truth: anchor categories (plan_generation, active_computation) should carry more "
                 "counterfactual importance than filler; Spearman correlations between the methods' sentence scores, "
                 "mean over traces (blank: not computed)")
-    report.add_table([{"category": k, "mean cf KL": _r(v["mean"]), "sentences": v["n"]}
+    report.add_table([{"category": k, "mean cf KL": rounded(v["mean"]), "sentences": v["n"]}
                       for k, v in summary["category_cf_kl"].items()],
                      caption="Counterfactual importance (KL, clamped at 0) by first tag, all traces pooled")
     t0 = found[0]
@@ -471,7 +467,7 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
             "forced KL": "forced_importance_kl", "receiver score": "receiver_score",
             "suppression (out)": "suppression_outgoing"}
     report.add_table([{"#": i, "sentence": _short(c), "category": tb["category"][i],
-                       **{name: _r(tb[m][i]) for name, m in cols.items() if m in tb},
+                       **{name: rounded(tb[m][i]) for name, m in cols.items() if m in tb},
                        "note": "computed without a damaged neighbour" if i in changed else ""}
                       for i, c in enumerate(tb["chunks"])], caption=f"Sentences of trace {t0.key}")
     pairs = [(AnchorScores.load(t.pdir / "anchor_scores.json"), [ChunkLabel([c]) for c in tables[t.key]["category"]])

@@ -49,6 +49,13 @@ class _Figure:
     caption: str | None
 
 
+def rounded(x: Any, digits: int = 3) -> float | None:
+    """A number rounded for a report table; None (a blank cell) for None, NaN or infinity."""
+    import math
+
+    return None if x is None or not math.isfinite(float(x)) else round(float(x), digits)
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return ""
