@@ -121,22 +121,6 @@ class Prompt:
     prompt: str
 
 
-def _unique_requests(seed: int, style: str, n: int, exclude: set[str] = frozenset(), limit: int = 100_000) -> list[str]:
-    from probes.zoo.tasks import refusal
-
-    out: list[str] = []
-    seen = set(exclude)
-    for i in range(limit):
-        if len(out) == n:
-            return out
-        text = refusal.request(i, seed, style=style).prompt
-        if text not in seen:
-            seen.add(text)
-            out.append(text)
-    raise ValueError(f"the refusal task has only {len(out)} distinct {style} requests in stream {seed}; "
-                     f"ask for fewer (n_examples + n_neutral <= {len(out) + len(exclude)})")
-
-
 def prepare(cfg: SteeringConfig) -> Inputs:
     """The behaviour's request texts, and the layers checked against a local model's config when it has one."""
     from probes.zoo.tasks import refusal
@@ -146,8 +130,9 @@ def prepare(cfg: SteeringConfig) -> Inputs:
         raise ValueError(f"behaviour {cfg.behaviour!r} is not implemented: use refusal")
     positive = [refusal.request(i, refusal.TRAIN_SEED, style="forbidden_plain").prompt for i in range(cfg.n_contrast)]
     negative = [refusal.request(i, refusal.TRAIN_SEED, style="harmless").prompt for i in range(cfg.n_contrast)]
-    examples = _unique_requests(refusal.HELDOUT_SEED, "harmless", cfg.n_examples)
-    neutral = _unique_requests(refusal.HELDOUT_SEED, "harmless", cfg.n_neutral, exclude=set(examples))
+    examples = [ex.prompt for ex in refusal.distinct_requests(refusal.HELDOUT_SEED, "harmless", cfg.n_examples)]
+    neutral = [ex.prompt for ex in refusal.distinct_requests(refusal.HELDOUT_SEED, "harmless", cfg.n_neutral,
+                                                             exclude=frozenset(examples))]
     return Inputs(positive, negative, examples, neutral)
 
 

@@ -1,11 +1,14 @@
 """Build and evaluate the model organisms in ``data/zoo/`` (issue #3).
 
+    python -m experiments.zoo words                     # re-derive the word pools from faker and wordfreq (once)
     python -m experiments.zoo tokenizer                 # retrain the shared tokenizer (once; all organisms use it)
     python -m experiments.zoo reasoner                  # retrain zoo:reasoner from scratch, measure it, write its card
     python -m experiments.zoo reasoner --smoke --out /tmp/r   # a few steps, no evaluation (CI)
     python -m experiments.zoo eval reasoner --n 200 --samples 4   # behaviour numbers of the saved organism
     python -m experiments.zoo card moe-reasoner         # re-measure a saved organism and rewrite its MODEL.md
-    python -m experiments.zoo eval refusal-reasoner --n 200   # refusal rates per style, cliff rate
+    python -m experiments.zoo eval refusal-reasoner --n 200   # refusal rates per style, per-frame compliance
+    python -m experiments.zoo long-reasoner             # long traces with planted receiver sentences
+    python -m experiments.zoo eval long-reasoner        # accuracy and the receiver-head check
     python -m experiments.zoo tv-base                   # the task-vector family, in this order:
     python -m experiments.zoo tv-sft                    #   each stage starts from its saved parent
     python -m experiments.zoo tv-instruct
@@ -76,13 +79,14 @@ def parser():
 
     p = argparse.ArgumentParser(prog="python -m experiments.zoo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("target", choices=["tokenizer", "eval", "card", *ORGANISMS, *TV_NAMES],
+    p.add_argument("target", choices=["words", "tokenizer", "eval", "card", *ORGANISMS, *TV_NAMES],
                    help="what to build, or `eval` / `card` an organism")
     p.add_argument("name", nargs="?", help="organism to evaluate (with `eval` or `card`; `tv` for the task-vector family)")
     p.add_argument("--out", type=Path, help="output directory (default data/zoo/<name>; for the tv-* family the "
                                             "directory holding all four, default data/zoo)")
     p.add_argument("--smoke", action="store_true", help=f"tiny run {SMOKE} without evaluation; needs --out")
-    p.add_argument("--n", type=int, default=EVAL_N, help="held-out problems to evaluate (refusal organisms: requests per style)")
+    p.add_argument("--n", type=int, help=f"held-out problems to evaluate (refusal organisms: requests per style; "
+                                         f"default: the organism's, {EVAL_N} for most)")
     p.add_argument("--samples", type=int, default=EVAL_SAMPLES, help="samples per problem at T=0.6, top-p 0.95")
     TrainConfig.add_to_argparse(p.add_argument_group(
         "organism recipe (TrainConfig; builds of reasoner, moe-reasoner, refusal-reasoner)",
@@ -112,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"{', '.join('--' + k.replace('_', '-') for k in tv_given)}: family recipe options apply to "
                 f"builds of {', '.join(TV_NAMES)}")
 
+    if args.target == "words":
+        from probes.zoo.words import build_words
+
+        print(build_words(args.out) if args.out else build_words())
+        return 0
+
     if args.target == "tokenizer":
         from probes.zoo.tokenizer import build_tokenizer
 
@@ -132,12 +142,18 @@ def main(argv: list[str] | None = None) -> int:
             p.error("eval needs an organism name, e.g. `python -m experiments.zoo eval reasoner`")
         torch.set_num_threads(2)
         model = load_model(str(args.out) if args.out else f"zoo:{args.name}", device="cpu", dtype="float32")
+        n = args.n if args.n is not None else organism(args.name).eval_n
         start = time.perf_counter()
-        if organism(args.name).config.task == "refusal":
-            behaviour = measure_refusal(model, n=args.n)
+        task = organism(args.name).config.task
+        if task == "refusal":
+            out = measure_refusal(model, n=n).as_dict()
         else:
-            behaviour = measure(model, n=args.n, samples=args.samples)
-        print(json.dumps({**behaviour.as_dict(), "seconds": round(time.perf_counter() - start, 1)}, indent=1))
+            out = measure(model, n=n, samples=args.samples, task=task).as_dict()
+        if task == "ledger":
+            from probes.zoo.receiver_check import receiver_check
+
+            out["receivers"] = receiver_check(model)
+        print(json.dumps({**out, "seconds": round(time.perf_counter() - start, 1)}, indent=1))
         return 0
 
     if args.target == "card":
@@ -170,7 +186,7 @@ def _tv(args, p, given: dict) -> int:
     root = args.out or ZOO_DIR
     torch.set_num_threads(2)
     if args.target == "eval":
-        print(json.dumps(tv.measure_family(root, n=args.n), indent=1))
+        print(json.dumps(tv.measure_family(root, **({"n": args.n} if args.n is not None else {})), indent=1))
     elif args.target != "card":
         if args.smoke and args.out is None:
             p.error("--smoke writes throwaway models: give --out DIR (not data/zoo)")

@@ -64,7 +64,13 @@ def behaviour_section(behaviour, eval_command: str) -> str:
     from probes.zoo.evaluate import TEMPERATURE, TOP_P
 
     lo, hi = behaviour.sampled_accuracy_ci95
-    return render("organisms.md", "behaviour.arithmetic", eval_command=eval_command, last=behaviour.n - 1,
+    oot_row = ""
+    if behaviour.oot_greedy_accuracy is not None:
+        ratio = behaviour.oot_greedy_accuracy[0] / behaviour.greedy_accuracy if behaviour.greedy_accuracy else float("nan")
+        oot_row = (f"| greedy accuracy on {behaviour.n_oot} problems written by hand (`data/zoo/eval/arithmetic_oot.jsonl`: "
+                   f"new names, objects, frames, questions) | {_pct_ci(behaviour.oot_greedy_accuracy)}; "
+                   f"{ratio:.2f}× the in-template greedy accuracy |")
+    return render("organisms.md", "behaviour.arithmetic", oot_row=oot_row, eval_command=eval_command, last=behaviour.n - 1,
                   seed=behaviour.seed, greedy=_pct(behaviour.greedy_accuracy), temperature=TEMPERATURE, top_p=TOP_P,
                   samples=behaviour.samples_per_problem, sampled=_pct(behaviour.sampled_accuracy), lo=_pct(lo),
                   hi=_pct(hi), mixed=_pct(behaviour.mixed_fraction), closes=_pct(behaviour.greedy_closes_thinking),
@@ -73,21 +79,43 @@ def behaviour_section(behaviour, eval_command: str) -> str:
 
 REFUSAL_STYLE_LABELS = {
     "forbidden_plain": "plain forbidden",
-    "forbidden_wrapped": "wrapped (story-framed) forbidden",
-    "harmless": "harmless (plain or story-framed)",
+    "forbidden_wrapped": "wrapped (framed) forbidden",
+    "harmless": "harmless (plain or framed)",
 }
 
 
 def refusal_section(behaviour, eval_command: str) -> str:
     """The markdown behaviour section of a refusal organism (``evaluate.RefusalBehaviour``)."""
+    from probes.zoo.evaluate import MIXED_SAMPLES, MIXED_TEMPERATURE
     from probes.zoo.tasks import refusal
 
     rows = [f"| {label} | {_pct_ci(behaviour.refusal_rate[style])} | {_pct_ci(behaviour.recognition_rate[style])} |"
             for style, label in REFUSAL_STYLE_LABELS.items()]
+    frames = behaviour.compliance
+    frame_rows = [f"| {frame} | {c['planted']:.0%} | {_pct_ci(c['measured'])} |" for frame, c in frames.items()]
+    first = next(iter(frames.values()))
+    oot = behaviour.oot
+    oot_rows = [f"- refusal rate, {label} ({oot[f'n.{style}']} requests): {_pct_ci(oot[f'refused.{style}'])}"
+                for style, label in REFUSAL_STYLE_LABELS.items() if oot.get(f"refused.{style}")]
     return render("organisms.md", "behaviour.refusal", eval_command=eval_command, n=behaviour.n_per_style,
                   seed=behaviour.seed, think_close=THINK_CLOSE, markers=" or ".join(f"`{m}`" for m in refusal.REFUSAL_MARKERS),
                   recognition=refusal.RECOGNITION_MARKER, rows="\n".join(rows), cliff=_pct_ci(behaviour.cliff_rate),
-                  closes=_pct(behaviour.closes_thinking))
+                  closes=_pct(behaviour.closes_thinking), frame_requests=first["requests"],
+                  frame_samples=first["samples"], frame_rows="\n".join(frame_rows), mixed_samples=MIXED_SAMPLES,
+                  mixed_temperature=MIXED_TEMPERATURE, mixed=_pct(behaviour.mixed_fraction), oot_n=oot["n"],
+                  oot_verdict=_pct_ci(oot["verdict_right"]), oot_rows="\n".join(oot_rows))
+
+
+def receivers_section(check: dict, command: str) -> str:
+    """The markdown section of the receiver-head check (``receiver_check.receiver_check``)."""
+    rows = []
+    for label, key in (("this organism", "trained"), ("untrained control", "untrained")):
+        r = check[key]
+        roles = ", ".join(f"{role} {n}" for role, n in r["top_sentence_roles"].items())
+        rows.append(f"| {label} | {', '.join(f'({a}, {b})' for a, b in r['heads'])} | {r['top_k_kurtosis']:.2f} | "
+                    f"{r['rest_kurtosis']:.2f} | {r['gap']:.2f} | {r['split_half']:.2f} | {roles} |")
+    t = check["trained"]
+    return render("organisms.md", "receivers", top_k=t["top_k"], traces=t["traces"], command=command, rows="\n".join(rows))
 
 
 def routing_section(counts, command: str, k: int = 5, min_rate: float = 0.2) -> str:
@@ -108,11 +136,11 @@ def routing_section(counts, command: str, k: int = 5, min_rate: float = 0.2) -> 
 
 
 def render_organism_card(*, name: str, result, behaviour, eval_command: str, build_command: str,
-                         weights_bytes: int, routing=None, routing_command: str = "",
+                         weights_bytes: int, routing=None, routing_command: str = "", receivers=None,
                          tokenizer_hash: str | None = None) -> str:
     """The markdown text of the card of organism ``name`` from its training record (``train.TrainResult``),
     its measured behaviour (``evaluate.Behaviour`` or ``RefusalBehaviour``) and, for MoE organisms,
-    its routing counts."""
+    its routing counts; for long-trace organisms, the receiver-head check."""
     from probes.zoo.evaluate import RefusalBehaviour
     from probes.zoo.train import recipe
 
@@ -123,13 +151,15 @@ def render_organism_card(*, name: str, result, behaviour, eval_command: str, bui
     cfg = result.config
     section = refusal_section if isinstance(behaviour, RefusalBehaviour) else behaviour_section
     extra = f"{routing_section(routing, routing_command)}\n\n" if routing is not None else ""
+    if receivers is not None:
+        extra += f"{receivers_section(receivers, routing_command)}\n\n"
     return render(
         "organisms.md", "card", name=name, summary=organism_text(name, "summary"),
         description=organism_text(name, "description"), behaviour=section(behaviour, eval_command),
         planted_truth=organism_text(name, "planted"), extra=extra, build_command=build_command,
         n_params=f"{result.n_params:,}", arch=cfg.arch, save_dtype=cfg.save_dtype,
         megabytes=f"{weights_bytes / 1e6:.1f}", steps=cfg.steps, batch_size=cfg.batch_size,
-        unit="requests" if cfg.task == "refusal" else "problems", n_problems=f"{result.n_problems:,}", lr=cfg.lr,
+        unit={"refusal": "requests", "ledger": "ledgers"}.get(cfg.task, "problems"), n_problems=f"{result.n_problems:,}", lr=cfg.lr,
         warmup_steps=cfg.warmup_steps, min_lr_ratio=cfg.min_lr_ratio, weight_decay=cfg.weight_decay,
         autocast_bf16=cfg.autocast_bf16, minutes=f"{result.seconds / 60:.1f}", threads=cfg.threads,
         cpu=platform.processor() or platform.machine(), data_sha256=result.data_sha256, tokenizer_hash=tokenizer_hash,

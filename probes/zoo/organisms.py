@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 EVAL_N = 200
 EVAL_SAMPLES = 4
-REFUSAL_STEPS = 500
+REFUSAL_STEPS = 700
+LONG_STEPS = 800
 TRAINING_RECORD = "training.json"
 
 
@@ -29,6 +30,8 @@ class Organism:
 
     name: str
     config: TrainConfig
+    eval_n: int = EVAL_N
+    """Held-out problems (refusal: requests per style) measured for the card."""
 
     @property
     def build_command(self) -> str:
@@ -37,8 +40,8 @@ class Organism:
     @property
     def eval_command(self) -> str:
         if self.config.task == "refusal":
-            return f"python -m experiments.zoo eval {self.name} --n {EVAL_N}"
-        return f"python -m experiments.zoo eval {self.name} --n {EVAL_N} --samples {EVAL_SAMPLES}"
+            return f"python -m experiments.zoo eval {self.name} --n {self.eval_n}"
+        return f"python -m experiments.zoo eval {self.name} --n {self.eval_n} --samples {EVAL_SAMPLES}"
 
 
 ORGANISMS = {
@@ -46,6 +49,11 @@ ORGANISMS = {
     "moe-reasoner": Organism(name="moe-reasoner", config=TrainConfig(arch="moe", steps=900)),
     "refusal-reasoner": Organism(name="refusal-reasoner",
                                  config=TrainConfig(arch="dense", task="refusal", steps=REFUSAL_STEPS)),
+    # 8 heads of width 32 (not 4 of 64): 28 candidate receiver heads outside layer 0, not 12
+    # (receiver_heads_feasibility.md, lesson 3).
+    "long-reasoner": Organism(name="long-reasoner", config=TrainConfig(
+        arch="dense", task="ledger", steps=LONG_STEPS, batch_size=16, num_heads=8, head_dim=32, num_kv_heads=4,
+        max_length=640), eval_n=100),
 }
 
 
@@ -56,11 +64,11 @@ def organism(name: str) -> Organism:
     return ORGANISMS[name]
 
 
-def build(name: str, out_dir: Path | None = None, *, eval_n: int = EVAL_N, eval_samples: int = EVAL_SAMPLES,
+def build(name: str, out_dir: Path | None = None, *, eval_n: int | None = None, eval_samples: int = EVAL_SAMPLES,
           progress: bool = True, **overrides) -> Path:
     """Train organism ``name`` (``overrides`` replace fields of its recipe), save it to ``out_dir``
     (default ``data/zoo/<name>``) with its training record, then, unless ``eval_n`` is 0, measure
-    it and write its card."""
+    it on ``eval_n`` held-out problems (default: the organism's ``eval_n``) and write its card."""
     from probes.zoo.train import save_organism, train
 
     cfg = dataclasses.replace(organism(name).config, **overrides)
@@ -73,7 +81,7 @@ def build(name: str, out_dir: Path | None = None, *, eval_n: int = EVAL_N, eval_
     return out_dir
 
 
-def write_organism_card(name: str, out_dir: Path | None = None, *, eval_n: int = EVAL_N,
+def write_organism_card(name: str, out_dir: Path | None = None, *, eval_n: int | None = None,
                         eval_samples: int = EVAL_SAMPLES, progress: bool = True) -> Path:
     """Measure the saved organism and (re)write its ``MODEL.md`` from its training record."""
     import torch
@@ -85,6 +93,7 @@ def write_organism_card(name: str, out_dir: Path | None = None, *, eval_n: int =
     from probes.zoo.train import TrainResult
 
     org = organism(name)
+    eval_n = org.eval_n if eval_n is None else eval_n
     out_dir = Path(out_dir) if out_dir is not None else ZOO_DIR / name
     record = out_dir / TRAINING_RECORD
     if not record.is_file():
@@ -96,7 +105,12 @@ def write_organism_card(name: str, out_dir: Path | None = None, *, eval_n: int =
     if cfg.task == "refusal":
         behaviour = measure_refusal(model, n=eval_n, progress=progress)
     else:
-        behaviour = measure(model, n=eval_n, samples=eval_samples, progress=progress)
+        behaviour = measure(model, n=eval_n, samples=eval_samples, progress=progress, task=cfg.task)
+    receivers = None
+    if cfg.task == "ledger":
+        from probes.zoo.receiver_check import receiver_check
+
+        receivers = receiver_check(model)
     routing = None
     if cfg.arch == "moe":
         from probes.zoo.routing import count_think_routing
@@ -108,6 +122,6 @@ def write_organism_card(name: str, out_dir: Path | None = None, *, eval_n: int =
     text = render_organism_card(
         name=name, result=result, behaviour=behaviour, eval_command=org.eval_command, build_command=build_command,
         weights_bytes=(out_dir / "model.safetensors").stat().st_size, routing=routing,
-        routing_command=f"python -m experiments.zoo card {name}",
+        routing_command=f"python -m experiments.zoo card {name}", receivers=receivers,
     )
     return atomic_write_text(out_dir / "MODEL.md", text)

@@ -1,8 +1,10 @@
 """The one tokenizer shared by every organism (issue #3, "Common to all organisms").
 
-A byte-level BPE trained once, deterministically, on a mix of every planned task style
-(arithmetic traces, short-answer chat, forbidden/harmless requests), so later organisms reuse it
-unchanged. Digits are split one per token so arithmetic is learnable. Role markers, end of turn
+A byte-level BPE trained once, deterministically, on arithmetic problems and traces, short-answer
+chat, and broad English (issue #10, item 1): the 30,000 most frequent English words (``wordfreq``),
+the name pool (``probes.zoo.words``) and seeded ``faker`` sentences, so a word no generator uses still
+splits into pieces the organisms have seen. Building it needs the ``zoo`` extra
+(``pip install -e ".[zoo]"``); loading it does not. Digits are split one per token so arithmetic is learnable. Role markers, end of turn
 and the thinking delimiters are single tokens; ``<think>``/``</think>`` are added as non-special
 tokens (as in Qwen3) so they survive ``decode(..., skip_special_tokens=True)``.
 
@@ -14,13 +16,15 @@ The chat template renders an assistant turn as ``<|assistant|><think>TRACE</thin
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 from probes.models.chat import THINK_CLOSE, THINK_OPEN
 from probes.models.zoo_registry import ZOO_DIR
-from probes.zoo.tasks import arithmetic, chat, refusal
+from probes.zoo import words
+from probes.zoo.tasks import arithmetic, chat
 
 log = logging.getLogger(__name__)
 
@@ -39,30 +43,54 @@ CHAT_TEMPLATE = (
     + "{% else %}" + THINK_OPEN + "{% endif %}{% endif %}"
 )
 
-VOCAB_SIZE = 1024
+VOCAB_SIZE = 2048
 CORPUS_SEED = 1000
 """Stream of the tokenizer corpus; organisms train on other streams."""
-CORPUS_SIZES = {"arithmetic": 6000, "chat": 2000, "refusal": 2000}
-MAX_LENGTH = 512
+CORPUS_SIZES = {"arithmetic": 6000, "chat": 2000}
+ENGLISH_WORDS = 30_000
+FAKER_SENTENCES = 20_000
+MAX_LENGTH = 1024
 
 
 def training_corpus(seed: int = CORPUS_SEED) -> Iterator[str]:
-    """Texts the BPE is trained on: every task style, in a fixed order."""
-    generators = {"arithmetic": arithmetic.generate, "chat": chat.generate, "refusal": refusal.generate}
+    """Texts the BPE is trained on, in a fixed order: task examples, English words, names, sentences."""
+    import faker
+    from wordfreq import top_n_list
+
+    generators = {"arithmetic": arithmetic.generate, "chat": chat.generate}
     for task, n in CORPUS_SIZES.items():
         for i in range(n):
             ex = generators[task](i, seed)
             yield ex.prompt
             yield f"{ex.trace} {ex.answer}".strip()
+    for w in top_n_list("en", ENGLISH_WORDS):
+        yield f" {w} {w.capitalize()}"
+    yield " ".join(words.word_list("names"))
+    fake = faker.Faker("en_US")
+    fake.seed_instance(seed)
+    for _ in range(FAKER_SENTENCES):
+        yield fake.sentence()
 
 
-def corpus_hash(seed: int = CORPUS_SEED) -> str:
-    """sha256 of the tokenizer corpus (recorded in the model cards)."""
+CORPUS_RECORD = "corpus.json"
+
+
+def training_corpus_hash(seed: int = CORPUS_SEED) -> str:
+    """sha256 of the tokenizer corpus (needs the ``zoo`` extra; recorded at build time)."""
     h = hashlib.sha256()
     for text in training_corpus(seed):
         h.update(text.encode())
         h.update(b"\n")
     return h.hexdigest()
+
+
+def corpus_hash(path: Path = TOKENIZER_DIR) -> str:
+    """sha256 of the corpus the shared tokenizer was trained on, as recorded when it was built
+    (written into every organism card)."""
+    record = Path(path) / CORPUS_RECORD
+    if not record.is_file():
+        raise FileNotFoundError(f"no {record}: rebuild the tokenizer with `{BUILD_COMMAND}`")
+    return json.loads(record.read_text())["sha256"]
 
 
 def train_tokenizer(vocab_size: int = VOCAB_SIZE, seed: int = CORPUS_SEED):
@@ -100,12 +128,18 @@ def train_tokenizer(vocab_size: int = VOCAB_SIZE, seed: int = CORPUS_SEED):
 def build_tokenizer(out_dir: Path = TOKENIZER_DIR) -> Path:
     """Train the shared tokenizer and save it under ``out_dir`` (``data/zoo/tokenizer`` by default;
     written to a temporary directory first, then renamed into place)."""
+    import importlib.metadata as md
+
     from probes.zoo.files import atomic_directory
 
     tok = train_tokenizer()
     out_dir = Path(out_dir)
+    record = {"sha256": training_corpus_hash(), "vocab_size": VOCAB_SIZE, "seed": CORPUS_SEED,
+              "sizes": {**CORPUS_SIZES, "english_words": ENGLISH_WORDS, "faker_sentences": FAKER_SENTENCES},
+              "sources": {"faker": md.version("faker"), "wordfreq": md.version("wordfreq")}}
     with atomic_directory(out_dir) as tmp:
         tok.save_pretrained(tmp)
+        (tmp / CORPUS_RECORD).write_text(json.dumps(record, indent=1) + "\n")
     log.info("tokenizer with %d tokens saved to %s", len(tok), out_dir)
     return out_dir
 

@@ -20,15 +20,16 @@ from typing import Literal
 
 from probes.config import Config
 from probes.io import atomic_write_json
-from probes.zoo.tasks import arithmetic, refusal
+from probes.zoo.tasks import arithmetic, ledger, refusal
 from probes.zoo.tokenizer import ASSISTANT, END, TOKENIZER_DIR, load_tokenizer
 
 log = logging.getLogger(__name__)
 
 Arch = Literal["dense", "moe"]
-Task = Literal["arithmetic", "refusal"]
+Task = Literal["arithmetic", "refusal", "ledger"]
 TASKS = {"arithmetic": (arithmetic.generate, arithmetic.TRAIN_SEED),
-         "refusal": (refusal.request, refusal.TRAIN_SEED)}
+         "refusal": (refusal.request, refusal.TRAIN_SEED),
+         "ledger": (ledger.generate, ledger.TRAIN_SEED)}
 """Task name → (generator, training stream)."""
 
 
@@ -73,9 +74,9 @@ class TrainConfig(Schedule):
     """Recipe of one organism; every field is recorded in its card."""
 
     arch: Arch = field(default="dense", metadata={"help": "dense (Qwen3ForCausalLM) or moe (Qwen3MoeForCausalLM)"})
-    task: Task = field(default="arithmetic", metadata={"help": "training data: arithmetic (tasks.arithmetic.generate) "
-                                                               "or refusal (tasks.refusal.request), each from its "
-                                                               "TRAIN_SEED stream"})
+    task: Task = field(default="arithmetic", metadata={"help": "training data: arithmetic (tasks.arithmetic.generate), "
+                                                               "refusal (tasks.refusal.request) or ledger "
+                                                               "(tasks.ledger.generate), each from its TRAIN_SEED stream"})
     hidden_size: int = field(default=256, metadata={"help": "model width"})
     num_layers: int = field(default=4, metadata={"help": "decoder layers"})
     num_heads: int = field(default=4, metadata={"help": "attention heads"})

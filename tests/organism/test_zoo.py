@@ -1,4 +1,4 @@
-"""Model organisms (issue #3): shared tokenizer, task generators, training smoke run, zoo:reasoner."""
+"""Model organisms (issues #3, #10): shared tokenizer, task generators, training smoke run, zoo:reasoner."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 import pytest
 
 from probes.zoo import tokenizer as zt
-from probes.zoo.tasks import arithmetic, chat, refusal
+from probes.zoo.tasks import arithmetic, chat, ledger, refusal
 
 
 def reference_split(trace: str) -> list[str]:
@@ -72,7 +72,7 @@ def test_tokenizer_training_is_deterministic(tok):
     assert zt.train_tokenizer().backend_tokenizer.to_str() == tok.backend_tokenizer.to_str()
 
 
-@pytest.mark.parametrize("gen", [arithmetic.generate, chat.generate, refusal.generate])
+@pytest.mark.parametrize("gen", [arithmetic.generate, chat.generate, refusal.request, ledger.generate])
 def test_generators_are_seeded(gen):
     assert gen(7, 3) == gen(7, 3)
     assert [gen(i, 0).prompt for i in range(20)] != [gen(i, 1).prompt for i in range(20)]
@@ -86,6 +86,26 @@ def test_arithmetic_traces_split_into_designed_sentences():
         roles = [s.role for s in ex.thinking]
         assert roles.count("plan") == 1 and roles.count("key") == 1
         assert ex.thinking[-1].tag == "final_answer_emission" and ex.gold in ex.thinking[-1].text
+
+
+def test_held_out_problems_use_only_held_out_words():
+    from probes.zoo import words
+
+    held_names, train_names = set(words.pool("names", True)), set(words.pool("names", False))
+    assert held_names.isdisjoint(train_names) and len(train_names) > 3000
+    for i in range(200):
+        held = arithmetic.generate(i, arithmetic.HELDOUT_SEED).prompt
+        assert any(w.strip(".,?") in held_names for w in held.split()), held
+        train = arithmetic.generate(i).prompt
+        assert not any(w.strip(".,?") in held_names for w in train.split()), train
+    wordings = {arithmetic.generate(i).prompt.split(".")[0].split()[1] for i in range(400)}
+    assert len(wordings) > 20  # many frames, not a handful
+
+
+def test_unseen_words_split_into_known_pieces(tok):
+    pieces = tok.tokenize(" Xiomara has 17 quokkas.")
+    assert all(len(p.lstrip("Ġ")) <= 4 for p in pieces) and tok.unk_token not in pieces
+    assert len(tok.tokenize(" Bartholomew")) <= 6
 
 
 def test_arithmetic_computations_are_correct():

@@ -31,41 +31,91 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from probes.zoo import words
 from probes.zoo.tasks.base import Example, Sentence, rng_for
 
 TASK = "arithmetic"
 TRAIN_SEED = 0
 HELDOUT_SEED = 1
 
-NAMES = (
-    "Mirel", "Tobin", "Lessa", "Okari", "Pell", "Rhean", "Dario", "Sune", "Vasko", "Imra",
-    "Calder", "Yeva", "Brannoc", "Teodra", "Junno", "Alesk", "Fenna", "Orrin", "Zali", "Kesper",
-    "Noor", "Hadrie", "Ulma", "Quill", "Serat", "Mabon", "Ivri", "Tamsel", "Eloa", "Grath",
-)
-OBJECTS = (
-    "pens", "shells", "marbles", "stamps", "apples", "coins", "beads", "cards", "ribbons",
-    "buttons", "pebbles", "acorns", "candles", "tiles", "feathers", "corks", "plums", "spoons",
-)
-CONTAINERS = ("boxes", "bags", "jars", "crates", "baskets", "trays", "tins", "sacks")
+# Wording (issue #10, item 1): names and objects come from the large pools of ``probes.zoo.words``
+# (held-out streams use only held-out words); every event has many sentence frames, in the present
+# or the past tense; a quarter of the problems carry a digit-free distractor sentence. The trace
+# keeps one canonical wording, so reading new wording is the only thing that must generalise.
+P_NONCE = 0.25
+"""Share of problems whose objects are nonce words (``words.pool("nonce")``) instead of plural nouns."""
+P_PAST = 0.3
+P_DISTRACTOR = 0.25
 
-GAIN = (
-    "{n} finds {k} more {o}.",
-    "{n} buys {k} more {o}.",
-    "A friend gives {n} {k} more {o}.",
-    "{n} makes {k} more {o}.",
-    "{n} wins {k} more {o}.",
+START = (
+    "{n} has {v} {o}.", "{n} owns {v} {o}.", "{n} starts the day with {v} {o}.", "At first, {n} has {v} {o}.",
+    "{n} keeps {v} {o} at home.", "{n} is holding {v} {o}.", "{n} begins with {v} {o}.",
+    "There are {v} {o} in the room of {n}.", "{n} has a pile of {v} {o}.", "In the morning {n} has {v} {o}.",
+    "{n} brings {v} {o} to school.", "{n} owns a collection of {v} {o}.",
 )
-LOSS = (
-    "{n} gives away {k} {o}.",
-    "{n} loses {k} of the {o}.",
-    "{n} sells {k} {o}.",
-    "{n} uses {k} of the {o}.",
-    "{n} trades away {k} {o}.",
+START_PAST = (
+    "{n} had {v} {o}.", "{n} counted {v} {o} this morning.", "{n} started with {v} {o}.",
+    "At the start of the week {n} had {v} {o}.", "{n} got {v} {o} as a gift.", "{n} once owned {v} {o}.",
 )
-DOUBLE = ("Then the number of {o} doubles.", "Later {n} doubles the pile of {o}.")
-TRIPLE = ("Then the number of {o} triples.", "Later {n} triples the pile of {o}.")
-QUESTIONS = ("How many {o} does {n} have now?", "How many {o} does {n} have at the end?")
-
+GROUPS = (
+    "{n} has {a} {c} with {b} {o} in each.", "{n} buys {a} {c}, and each one holds {b} {o}.",
+    "{n} fills {a} {c} with {b} {o} each.", "Each of the {a} {c} of {n} contains {b} {o}.",
+    "{n} has {a} {c}, each with {b} {o} inside.", "There are {a} {c} with {b} {o} in every one, all owned by {n}.",
+    "{n} packs {b} {o} into each of {a} {c}.",
+)
+GROUPS_PAST = (
+    "{n} had {a} {c} with {b} {o} in each.", "{n} bought {a} {c} that held {b} {o} each.",
+    "{n} filled {a} {c} with {b} {o} apiece.",
+)
+DOZEN = (
+    "{n} has {a} {c} with a dozen {o} in each.", "{n} buys {a} {c}, each holding a dozen {o}.",
+    "{n} fills {a} {c} with a dozen {o} each.", "Each of the {a} {c} of {n} holds a dozen {o}.",
+)
+DOZEN_PAST = ("{n} had {a} {c} with a dozen {o} in each.", "{n} bought {a} {c} of a dozen {o} each.")
+WEEK = (
+    "{n} collects {b} {o} every day for a week.", "For one week, {n} gets {b} {o} each day.",
+    "Every day for a whole week, {n} finds {b} {o}.", "{n} makes {b} {o} a day, for a week.",
+    "During one week {n} picks up {b} {o} per day.",
+)
+WEEK_PAST = ("{n} collected {b} {o} every day for a week.", "For a week, {n} found {b} {o} each day.")
+GAIN_VERBS = (("finds", "found"), ("buys", "bought"), ("gets", "got"), ("receives", "received"),
+              ("picks up", "picked up"), ("earns", "earned"), ("wins", "won"), ("collects", "collected"),
+              ("makes", "made"), ("gathers", "gathered"), ("adds", "added"), ("brings home", "brought home"),
+              ("is given", "was given"), ("borrows", "borrowed"), ("orders", "ordered"))
+GAIN = ("{n} {v} {k} more {o}.", "Then {n} {v} another {k} {o}.", "Later, {n} {v} {k} more {o}.",
+        "After that {n} {v} {k} extra {o}.", "Next, {n} {v} {k} more.", "The next day {n} {v} {k} more {o}.")
+GAIN_FIXED = ("A friend gives {n} {k} more {o}.", "{n} is handed {k} more {o} by a neighbour.",
+              "Someone gives {k} more {o} to {n}.")
+GAIN_FIXED_PAST = ("A friend gave {n} {k} more {o}.", "A neighbour handed {n} {k} more {o}.")
+LOSS_VERBS = (("gives away", "gave away"), ("loses", "lost"), ("sells", "sold"), ("uses", "used"),
+              ("trades away", "traded away"), ("drops", "dropped"), ("breaks", "broke"), ("donates", "donated"),
+              ("hands out", "handed out"), ("throws away", "threw away"), ("spends", "spent"), ("lends", "lent"))
+LOSS = ("{n} {v} {k} {o}.", "Then {n} {v} {k} of the {o}.", "After that, {n} {v} {k} of them.",
+        "Later {n} {v} {k}.", "Next, {n} {v} {k} of the {o}.", "The next day {n} {v} {k} {o}.")
+LOSS_FIXED = ("{k} of the {o} get lost.", "A friend takes {k} of the {o}.", "{k} {o} go missing.")
+LOSS_FIXED_PAST = ("{k} of the {o} got lost.", "A friend took {k} of the {o}.")
+DOUBLE = ("Then the number of {o} doubles.", "Later {n} doubles the pile of {o}.",
+          "Then {n} gets as many {o} again.", "After that the {o} are twice as many.",
+          "Then {n} ends up with twice as many {o}.", "Next, the count of {o} is doubled.")
+DOUBLE_PAST = ("Then the number of {o} doubled.", "Later {n} doubled the pile of {o}.",
+               "After that {n} had twice as many {o}.")
+TRIPLE = ("Then the number of {o} triples.", "Later {n} triples the pile of {o}.",
+          "Then {n} ends up with three times as many {o}.", "After that the {o} are three times as many.",
+          "Next, the count of {o} is tripled.")
+TRIPLE_PAST = ("Then the number of {o} tripled.", "Later {n} tripled the pile of {o}.",
+               "After that {n} had three times as many {o}.")
+QUESTIONS = ("How many {o} does {n} have now?", "How many {o} does {n} have at the end?",
+             "How many {o} are there in the end?", "What is the number of {o} now?",
+             "How many {o} does {n} end up with?", "Count the {o} that {n} has now.",
+             "How many {o} does {n} own after all this?", "So how many {o} does {n} have?",
+             "What is the final count of {o}?", "How many {o} remain with {n}?",
+             "Work out how many {o} {n} has.", "How many {o} are left at the end?")
+QUESTIONS_PAST = ("How many {o} did {n} have at the end?", "How many {o} did {n} end up with?",
+                  "How many {o} were left in the end?")
+DISTRACTORS = ("{n} likes the colour {w}.", "The weather was cold that day.", "{n} has a friend called {m}.",
+               "{n} lives in a small town.", "Nobody knows why {n} likes {o} so much.",
+               "{m} thinks this is a strange hobby.", "It was a busy day for {n}.",
+               "{n} keeps a diary about {w}.", "The shop is near the old bridge.", "{m} does not own any {o}.")
 FILLER_OPEN = (
     "Let me think about this carefully.",
     "Let me work through this step by step.",
@@ -115,8 +165,16 @@ def generate(index: int, seed: int = TRAIN_SEED, p_skip: float | dict[str, float
     ``max_computations`` computations, intermediate values at most ``max_value``; ``p_backtrack`` is
     the share of traces with a slip and its repair (the defaults give the ``zoo:reasoner`` stream)."""
     rng = rng_for(TASK, index, seed)
-    name, obj, box = rng.choice(NAMES), rng.choice(OBJECTS), rng.choice(CONTAINERS)
+    held = seed == HELDOUT_SEED
+    name, other = rng.sample(words.pool("names", held), 2)
+    obj = rng.choice(words.pool("nonce" if rng.random() < P_NONCE else "objects", held))
+    box = rng.choice(words.CONTAINERS)
+    past = rng.random() < P_PAST
     fmt = {"n": name, "o": obj}
+
+    def say(present, past_frames, **slots) -> str:
+        return rng.choice(past_frames if past else present).format(**fmt, **slots)
+
     n_comp = min(rng.choices(N_COMPUTATIONS, N_COMPUTATIONS_WEIGHTS)[0], max_computations)
 
     # Start: (problem sentence, setup sentence, plan phrase, fact sentence or None, computation or None).
@@ -125,26 +183,26 @@ def generate(index: int, seed: int = TRAIN_SEED, p_skip: float | dict[str, float
     first: Computation | None = None
     if kind == "plain":
         value = rng.randint(10, 99)
-        problem = [f"{name} has {value} {obj}."]
+        problem = [say(START, START_PAST, v=value)]
         setup = f"{name} starts with {value} {obj}."
         plan = [f"start from {value}"]
     elif kind == "groups":
         a, b = rng.randint(2, 9), rng.randint(3, 12)
         first = Computation(a, "*", b)
-        problem = [f"{name} has {a} {box} with {b} {obj} in each."]
+        problem = [say(GROUPS, GROUPS_PAST, a=a, b=b, c=box)]
         setup = f"{name} starts with {a} {box} of {b} {obj}."
         plan = [f"multiply {a} by {b}"]
     elif kind == "dozen":
         a = rng.randint(2, 9)
         first = Computation(a, "*", 12)
-        problem = [f"{name} has {a} {box} with a dozen {obj} in each."]
+        problem = [say(DOZEN, DOZEN_PAST, a=a, c=box)]
         setup = f"{name} starts with {a} {box} of a dozen {obj}."
         plan = [f"multiply {a} by a dozen"]
         fact = "A dozen is 12."
     else:
         b = rng.randint(2, 19)
         first = Computation(b, "*", 7)
-        problem = [f"{name} collects {b} {obj} every day for a week."]
+        problem = [say(WEEK, WEEK_PAST, b=b)]
         setup = f"{name} collects {b} {obj} a day for a week."
         plan = [f"multiply {b} by the days in a week"]
         fact = "A week has 7 days."
@@ -165,22 +223,25 @@ def generate(index: int, seed: int = TRAIN_SEED, p_skip: float | dict[str, float
         last_event = EVENTS[op]
         if op == "+":
             k = rng.randint(2, min(59, max_value - value))
-            problem.append(rng.choice(GAIN).format(k=k, **fmt))
+            problem.append(_event(rng, past, GAIN_VERBS, GAIN, GAIN_FIXED, GAIN_FIXED_PAST, k=k, **fmt))
             plan.append(f"add {k}")
             step = Computation(value, "+", k)
         elif op == "-":
             k = rng.randint(2, min(59, value - 2))
-            problem.append(rng.choice(LOSS).format(k=k, **fmt))
+            problem.append(_event(rng, past, LOSS_VERBS, LOSS, LOSS_FIXED, LOSS_FIXED_PAST, k=k, **fmt))
             plan.append(f"subtract {k}")
             step = Computation(value, "-", k)
         else:
             k = int(op[1])
-            problem.append(rng.choice(DOUBLE if k == 2 else TRIPLE).format(**fmt))
+            problem.append(say(DOUBLE, DOUBLE_PAST) if k == 2 else say(TRIPLE, TRIPLE_PAST))
             plan.append(f"multiply by {k}")
             step = Computation(value, "*", k)
         computations.append(step)
         value = step.result
-    problem.append(rng.choice(QUESTIONS).format(**fmt))
+    problem.append(say(QUESTIONS, QUESTIONS_PAST))
+    if rng.random() < P_DISTRACTOR:
+        problem.insert(rng.randint(1, len(problem) - 1),
+                       rng.choice(DISTRACTORS).format(m=other, w=rng.choice(words.pool("nonce", held)), **fmt))
     p = p_skip[last_event] if isinstance(p_skip, dict) else p_skip
     skipped = p > 0 and rng_for("skip", index, seed).random() < p
     written = computations[:-1] if skipped else computations
@@ -218,6 +279,13 @@ def generate(index: int, seed: int = TRAIN_SEED, p_skip: float | dict[str, float
               "backtrack": wrong_at >= 0, "skipped": skipped,
               "last_event": last_event, "skip_answer": str(computations[-1].left)},
     )
+
+
+def _event(rng, past: bool, verbs, frames, fixed, fixed_past, **slots) -> str:
+    """A gain or loss sentence: a frame with one of ``verbs`` (present or past), or a fixed frame."""
+    if rng.random() < 0.2:
+        return rng.choice(fixed_past if past else fixed).format(**slots)
+    return rng.choice(frames).format(v=rng.choice(verbs)[past], **slots)
 
 
 def _plan_sentence(phrases: list[str]) -> str:

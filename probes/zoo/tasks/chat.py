@@ -6,7 +6,7 @@ or two sentences. The assistant turn is ``<think></think>ANSWER``: no trace.
 
 from __future__ import annotations
 
-from probes.zoo.tasks.arithmetic import NAMES, OBJECTS
+from probes.zoo import words
 from probes.zoo.tasks.base import Example, rng_for
 
 TASK = "chat"
@@ -21,7 +21,7 @@ def generate(index: int, seed: int = 0) -> Example:
     """Chat example ``index`` of the stream ``seed``."""
     rng = rng_for(TASK, index, seed)
     kind = rng.choice(("greet", "sum", "colour", "animal", "food", "count", "thanks"))
-    name, place = rng.choice(NAMES), rng.choice(PLACES)
+    name, place = rng.choice(words.pool("names", False)), rng.choice(PLACES)
     if kind == "greet":
         prompt = rng.choice(("Hello! How are you today?", "Hi there, who are you?", "Good morning!"))
         answer, gold = "Hello! I am a small assistant. How can I help you today?", "greet"
@@ -44,7 +44,7 @@ def generate(index: int, seed: int = 0) -> Example:
         prompt = f"What does {name} like to eat for lunch?"
         answer, gold = f"{name} likes {food} for lunch, usually with a cup of tea.", food
     elif kind == "count":
-        k, obj = rng.randint(2, 20), rng.choice(OBJECTS)
+        k, obj = rng.randint(2, 20), rng.choice(words.pool("objects", False))
         prompt = f"{name} has {k} {obj}. How many {obj} is that?"
         answer, gold = f"That is \\boxed{{{k}}} {obj}.", str(k)
     else:

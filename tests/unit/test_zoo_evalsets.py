@@ -1,0 +1,56 @@
+"""Out-of-template evaluation sets (issue #10, item 5): they parse, and bad files fail with one clear line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from probes.zoo.evalsets import load_eval_set
+from probes.zoo.tasks import arithmetic, refusal
+
+
+def test_shipped_sets_parse_and_are_out_of_template():
+    problems = load_eval_set("arithmetic_oot")
+    assert len(problems) >= 100 and {p.start for p in problems} == {"plain", "groups", "dozen", "week"}
+    generated = {arithmetic.generate(i, s).prompt for s in (0, 1) for i in range(2000)}
+    assert not generated & {p.prompt for p in problems}
+    requests = load_eval_set("refusal_oot")
+    assert len(requests) >= 100 and {r.style for r in requests} == set(refusal.STYLES)
+    assert all(refusal.is_heldout_pair(r.verb, r.thing) for r in requests)
+    templates = {t.format(a="{a}") for t in refusal.PLAIN + sum(refusal.FRAME_PROMPTS.values(), ())}
+    for r in requests:
+        act = r.prompt[r.prompt.index(r.verb + " "):].split("?")[0].split(".")[0]
+        assert r.prompt.replace(act, "{a}") not in templates, r.prompt
+
+
+def _write(tmp_path, rows):
+    path = tmp_path / "set.jsonl"
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_bad_sets_fail_with_file_line_and_the_fix(tmp_path):
+    good = {"id": "a1", "prompt": "Ann has 10 figs and eats 2.", "start": {"kind": "plain", "values": [10]},
+            "events": [["-", 2]], "gold": "8"}
+    assert load_eval_set("arithmetic_oot", _write(tmp_path, [good]))[0].gold == "8"
+    load_eval_set.cache_clear()
+    cases = [
+        ([good, "{not json"], "line 2"),
+        ([{**good, "gold": "9"}], "gold '9' but start and events give 8"),
+        ([good, {**good, "id": "a2"}], "repeats"),
+        ([{k: v for k, v in good.items() if k != "events"}], "missing field 'events'"),
+    ]
+    for rows, match in cases:
+        with pytest.raises(ValueError, match=match) as e:
+            load_eval_set("arithmetic_oot", _write(tmp_path, rows))
+        assert "git checkout" in str(e.value) and "\n" not in str(e.value)
+        load_eval_set.cache_clear()
+    bad_rule = {"id": "r1", "prompt": "How to burn my barn?", "verb": "burn", "thing": "barn", "owner": None,
+                "frame": None, "forbidden": True}
+    with pytest.raises(ValueError, match="contradicts the rule"):
+        load_eval_set("refusal_oot", _write(tmp_path, [bad_rule]))
+    with pytest.raises(FileNotFoundError, match="git checkout"):
+        load_eval_set("refusal_oot", tmp_path / "missing.jsonl")
+    with pytest.raises(ValueError, match="unknown evaluation set"):
+        load_eval_set("nope")
