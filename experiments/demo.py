@@ -6,20 +6,25 @@ Capability issues add their stage and their section here.
 
     probes demo                          # zoo:reasoner → runs/demo/<run-id>/report.html
     probes demo --run-dir runs/demo/<id> # resume as configured
+
+The steering section runs a small ``experiments.steering`` run on ``zoo:refusal-reasoner`` as a
+sub-run, ``<demo run>/steering/<run-id>/`` (its own config, provenance, markers and full report;
+resumable with ``python -m experiments.steering --run-dir``).
 """
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 
 from probes.harness import Context, Experiment, ExperimentConfig, Stage, main, session_field
 
-StageName = Literal["model", "trace", "attention", "logit_lens", "thought_anchors", "report"]
-STAGES: tuple[StageName, ...] = ("model", "trace", "attention", "logit_lens", "thought_anchors", "report")
+StageName = Literal["model", "trace", "attention", "logit_lens", "thought_anchors", "steering", "report"]
+STAGES: tuple[StageName, ...] = ("model", "trace", "attention", "logit_lens", "thought_anchors", "steering", "report")
 
 
 def _default_prompt() -> str:
@@ -40,11 +45,32 @@ class DemoConfig(ExperimentConfig):
     lens_positions: int = field(default=24, metadata={"help": "last N positions shown in the logit-lens figure"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     anchors_rollouts: int = field(default=20, metadata={"help": "thought anchors: resamples per sentence in the demo"})
+    steering_model: str = field(default="zoo:refusal-reasoner", metadata={
+        "help": "steering: the model steered towards refusal (its requests: probes.zoo.tasks.refusal)"})
+    steering_layers: list[int] = field(default_factory=lambda: [1, 2], metadata={"help": "steering: layers swept"})
+    steering_alphas: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0], metadata={
+        "help": "steering: strengths swept"})
+    steering_examples: int = field(default=16, metadata={
+        "help": "steering: held-out harmless requests, half dev (selection) and half test (controls)"})
+    steering_max_new_tokens: int = field(default=128, metadata={
+        "help": "steering: greedy budget per request (thinking and answer must fit)"})
     stages: list[StageName] = session_field(default_factory=lambda: list(STAGES), help="stages to run, in order")
 
     def __post_init__(self):
-        if min(self.max_new_tokens, self.lens_positions, self.attention_window, self.anchors_rollouts) < 1:
-            raise ValueError("max_new_tokens, lens_positions, attention_window and anchors_rollouts must be >= 1")
+        if min(self.max_new_tokens, self.lens_positions, self.attention_window, self.anchors_rollouts,
+               self.steering_max_new_tokens) < 1:
+            raise ValueError("max_new_tokens, lens_positions, attention_window, anchors_rollouts and "
+                             "steering_max_new_tokens must be >= 1")
+        self.steering_config()  # the steering fields are checked with the steering experiment's own rules
+
+    def steering_config(self, **session: Any):
+        """The demo-sized ``SteeringConfig`` of the steering section (``session``: its session fields)."""
+        from experiments.steering import SteeringConfig
+
+        return SteeringConfig(model=self.steering_model, layers=list(self.steering_layers),
+                              alphas=list(self.steering_alphas), n_contrast=32, n_examples=self.steering_examples,
+                              n_neutral=8, max_new_tokens=self.steering_max_new_tokens, seed=self.seed,
+                              formats=self.formats, device=self.device, dtype=self.dtype, **session)
 
 
 def load_model(cfg: DemoConfig):
@@ -113,6 +139,30 @@ def stage_thought_anchors(ctx: Context) -> None:
     ctx.model_ = actx.model_
 
 
+STEERING = "steering"  # the sub-run lives in <demo run>/steering/<run-id>/
+STEERING_STAGES = ["collect", "directions", "sweep", "evaluate", "report"]
+
+
+def steering_run_dir(ctx: Context) -> Path | None:
+    """The steering sub-run of this demo run, if it was started."""
+    runs = sorted(p for p in (ctx.run.path / STEERING).glob("*") if (p / "config.json").is_file())
+    return runs[-1] if runs else None
+
+
+def stage_steering(ctx: Context) -> None:
+    from experiments.steering import EXPERIMENT as STEERING_EXPERIMENT
+
+    existing = steering_run_dir(ctx)
+    if existing is None:
+        scfg = ctx.cfg.steering_config(stages=STEERING_STAGES, runs_root=str(ctx.run.path))
+    else:  # resume as configured; the sub-run refuses a config that differs from the one it started with
+        scfg = ctx.cfg.steering_config(stages=STEERING_STAGES, run_dir=str(existing), override=ctx.cfg.override)
+    same_model = ctx.cfg.steering_model == ctx.cfg.model
+    sctx = STEERING_EXPERIMENT.run(scfg, model=ctx.model if same_model else None)
+    if same_model and ctx.model_ is None:
+        ctx.model_ = sctx.model_
+
+
 # ----- report: saved artifacts only ---------------------------------------------------------------
 
 
@@ -152,12 +202,78 @@ def stage_report(ctx: Context):
                                         title=f"Logit lens over the last {len(labels)} positions"),
                       "logit_lens", caption="Top next-token prediction decoded from each layer's residual stream.")
 
+    summary: dict[str, Any] = {}
     if ctx.done("thought_anchors"):
         actx = anchors_context(ctx)
         report.add_text(f"Thought anchors at N = {cfg.anchors_rollouts} resamples per sentence (the paper uses 100: "
                         "`python -m experiments.thought_anchors`).")
-        ctx.experiment.write_summary(ctx, {"thought_anchors": add_report_sections(actx, report)})
+        summary["thought_anchors"] = add_report_sections(actx, report)
+    if ctx.done("steering") and steering_run_dir(ctx) is not None:
+        summary["steering"] = add_steering_section(ctx, report)
+    if summary:
+        ctx.experiment.write_summary(ctx, summary)
     return report.write(run.path)
+
+
+def _interval(e) -> str:
+    from probes.plots.report import rounded
+
+    return f"{rounded(e.value)} (95% CI {rounded(e.lo)} to {rounded(e.hi)})"
+
+
+def add_steering_section(ctx: Context, report) -> dict[str, Any]:
+    """One α-sweep figure with the prompting baseline and a few sentences, from the sub-run's saved
+    artifacts; the sub-run's own report has every table and figure."""
+    import experiments.steering as S
+    from probes.plots import behaviour_alpha_figure
+    from probes.plots.report import rounded
+    from probes.runs import Run
+    from probes.steering import ControlComparison
+
+    path = steering_run_dir(ctx)
+    scfg, _ = S.EXPERIMENT.resolve(S.SteeringConfig(run_dir=str(path)))
+    sctx = Context(S.EXPERIMENT, scfg, None, Run.open(path))
+    where = path.relative_to(ctx.run.path).as_posix()
+    report.add_heading("Steering")
+    cells = S.load_cells(sctx)
+    if not cells:
+        report.add_text(f"The steering sweep of {where} has no finished cell: resume the demo to run it.")
+        return {"run": where}
+    report.add_text(f"Steering {scfg.model} towards refusal: the direction is the difference of mean residuals "
+                    f"(forbidden − harmless requests, {scfg.n_contrast} pairs, last prompt token), added at every "
+                    f"position of resid_post[L] with strength α. The cell (L, α) is chosen on {cells[0].estimate.n} "
+                    f"held-out harmless requests (dev) among the cells whose mean next-token KL on {scfg.n_neutral} "
+                    f"neutral prompts stays ≤ {scfg.kl_threshold:g}, then compared with its controls on other "
+                    f"held-out requests (test). Full steering report: {where}/report.html.")
+    controls = ControlComparison.load(path / S.CONTROLS) if sctx.done("evaluate", "controls") else None
+    alphas = [float(a) for a in scfg.alphas]
+    g = S.grid_arrays(cells, list(scfg.layers), alphas)
+    baseline = controls.conditions["prompting"].estimate.value if controls is not None else None
+    report.add_figure(behaviour_alpha_figure(alphas, g["mean"], g["lo"], g["hi"], layers=list(scfg.layers),
+                                             baseline=baseline, metric="refusal rate (dev)",
+                                             title="Refusal of harmless requests against α"),
+                      "steering_behaviour", caption="Refusal rate of held-out harmless requests (dev split) against "
+                                                    "α, one line per layer with its 95% bootstrap band; dashed: the "
+                                                    "prompting baseline (test split).")
+    out: dict[str, Any] = {"run": where}
+    if controls is None:
+        report.add_text("No cell passes the KL guard, or the chosen cell is not evaluated yet: see the steering report.")
+        return out
+    chosen = next(c for c in cells if c.layer == controls.layer and c.alpha == controls.alpha)
+    cond = {k: v.estimate for k, v in controls.conditions.items()}
+    diff = controls.differences
+    report.add_text(f"Chosen cell: layer {chosen.layer}, α = {chosen.alpha:g} (‖αv‖ is {rounded(chosen.norm_ratio)} "
+                    f"times the median residual norm there; mean KL {chosen.kl.mean_kl:.2g} nats, guard "
+                    f"{scfg.kl_threshold:g}). On the {cond['steered'].n} test requests it refuses at a rate of "
+                    f"{_interval(cond['steered'])}, against {_interval(cond['unsteered'])} unsteered: a change of "
+                    f"{_interval(diff['unsteered'])}.")
+    report.add_text(f"Controls on the same requests: a random direction of the same norm gives "
+                    f"{_interval(cond['random'])}, the negated vector {_interval(cond['negated'])}, and the "
+                    f"instruction {scfg.instruction!r} in the user turn (prompting baseline) "
+                    f"{_interval(cond['prompting'])}; steered − prompting = {_interval(diff['prompting'])}.")
+    out.update(layer=chosen.layer, alpha=chosen.alpha, mean_kl=rounded(chosen.kl.mean_kl, 5),
+               **{k: rounded(e.value, 4) for k, e in cond.items()})
+    return out
 
 
 EXPERIMENT = Experiment(

@@ -1,4 +1,5 @@
-"""The ``probes`` command: info, demo (a run directory with report, figures, provenance), zoo list."""
+"""The ``probes`` command: info, demo (a run directory with report, figures, provenance, and the steering
+sub-run), zoo list."""
 
 import json
 
@@ -25,13 +26,20 @@ def test_info_prints_the_site_table(model_dir, capsys):
 
 def test_demo_writes_a_report_with_provenance(model_dir, tmp_path, capsys):
     rc = main(["demo", "--model", str(model_dir), "--runs-root", str(tmp_path), "--max-new-tokens", "12",
-               "--formats", "html"])
+               "--formats", "html", "--steering-model", str(model_dir), "--steering-layers", "0", "1",
+               "--steering-alphas", "1", "4", "--steering-examples", "4", "--steering-max-new-tokens", "4"])
     assert rc == 0
     run_dir = next((tmp_path / "demo").iterdir())
     report = (run_dir / "report.html").read_text()
-    for heading in ("Model", "A reasoning trace", "Attention", "Logit lens"):
+    for heading in ("Model", "A reasoning trace", "Attention", "Logit lens", "Steering", "Chosen cell: layer"):
         assert heading in report
-    assert (run_dir / "figures" / "attention.html").is_file() and (run_dir / "figures" / "logit_lens.html").is_file()
+    for figure in ("attention", "logit_lens", "steering_behaviour"):
+        assert (run_dir / "figures" / f"{figure}.html").is_file()
+    steering = json.loads((run_dir / "summary.json").read_text())["steering"]
+    sub = run_dir / steering["run"]  # the steering sub-run: its own config, markers and full report
+    assert sub.parent.name == "steering" and (sub / "report.html").is_file() and (sub / "done" / "evaluate.json").is_file()
+    assert steering["layer"] in (0, 1) and steering["alpha"] in (1.0, 4.0) and "prompting" in steering
+    assert json.loads((sub / "config.json").read_text())["resolved"]["n_examples"] == 4
     prov = json.loads((run_dir / "provenance.json").read_text())
     assert prov["model"]["spec"] == str(model_dir) and len(prov["model"]["weights_hash"]) == 64
     cfg = json.loads((run_dir / "config.json").read_text())
