@@ -11,7 +11,13 @@ ratios to unsteered. On a shared machine the end-to-end ratios swing with other 
 it also times the steering hook itself (every call, prefill and decoding steps) and
 prints its share of the steered run: 1 - share bounds the ratio from the hook's own cost.
 
+It then times the layer × α sweep of ``experiments.steering`` (4 layers × 6 strengths = 24
+cells on ``zoo:refusal-reasoner``; each cell: greedy generation on the dev split and the KL
+guard on neutral prompts), the model loaded and the contrast read beforehand, and prints its
+wall time beside the throughput ratios.
+
     python benchmarks/steering.py [--n 16 --new 64 --batch 8 --repeats 7 --threads 2]
+    python benchmarks/steering.py --quick      # fewer repeats, tokens and examples: a smoke run
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import argparse
 import contextlib
 import os
 import statistics
+import tempfile
 import time
 
 # Threads that spin while waiting multiply run times when anything else shares the cores.
@@ -63,7 +70,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--layer", type=int, default=None, help="steered layer (default: the middle one)")
+    ap.add_argument("--sweep-model", default="zoo:refusal-reasoner", help="model of the 4 x 6 layer x alpha sweep")
+    ap.add_argument("--sweep-examples", type=int, default=16, help="sweep: held-out examples (half are the dev split)")
+    ap.add_argument("--sweep-new", type=int, default=128, help="sweep: greedy budget per example")
+    ap.add_argument("--quick", action="store_true", help="2 repeats, 32 new tokens, a sweep on 8 examples x 48 tokens")
     args = ap.parse_args()
+    if args.quick:
+        args.repeats, args.new, args.sweep_examples, args.sweep_new = 2, 32, 8, 48
     torch.set_num_threads(args.threads)
 
     import probes
@@ -94,6 +107,7 @@ def main() -> None:
     print(f"{args.model}: {model!r}")
     print(f"steering {site} at positions='generated'; {args.new} new tokens per row, {args.threads} threads, "
           f"best (median) of {args.repeats} interleaved repeats")
+    ratios: dict[str, float] = {}
     for name, (run, rows) in workloads.items():
         times: dict[str, list[float]] = {c: [] for c in configs}
         recorded = None
@@ -119,6 +133,8 @@ def main() -> None:
         for c in configs:
             t, m = min(times[c]), statistics.median(times[c])
             ratio = "" if c == "unsteered" else f"   ratio {best / t:.3f}x ({med / m:.3f}x)  (target >= 0.95x)"
+            if c == "AddVector, record off":
+                ratios[name.split(" (")[0]] = best / t
             print(f"  {c:<24} {tokens / t:7.0f} tok/s ({tokens / m:7.0f}){ratio}")
         for c, record in configs.items():
             if record is None:
@@ -133,6 +149,45 @@ def main() -> None:
                   f"{hook[0] / wall:.2%} of the steered run")
         if recorded:
             print(f"  record: {recorded[0]} steered tokens, read back by by_row() in {recorded[1] * 1e3:.1f} ms")
+
+    sweep = sweep_time(args.sweep_model, args.sweep_examples, args.sweep_new)
+    print(f"\nlayer x alpha sweep of experiments.steering on {args.sweep_model}: {sweep['cells']} cells "
+          f"(layers {sweep['layers']} x alphas {sweep['alphas']}), {sweep['dev']} dev examples x {args.sweep_new} "
+          f"new tokens + KL guard on {sweep['neutral']} neutral prompts per cell")
+    print(f"  sweep {sweep['seconds']:.1f} s ({sweep['seconds'] / sweep['cells']:.2f} s per cell; slowest cell "
+          f"{sweep['slowest']:.2f} s); collect + directions before it {sweep['setup']:.1f} s")
+    print("\nsummary: steered / unsteered tokens/s (record off) "
+          + ", ".join(f"{k} {v:.3f}x" for k, v in ratios.items())
+          + f"; {len(sweep['layers'])} x {len(sweep['alphas'])} layer x alpha sweep {sweep['seconds']:.1f} s")
+
+
+def sweep_time(model_spec: str, n_examples: int, max_new_tokens: int) -> dict:
+    """Wall time of the ``sweep`` stage of ``experiments.steering`` over 4 layers x 6 strengths
+    (model loaded and the contrast read first, in a temporary run directory)."""
+    import json
+
+    import probes
+    from experiments.steering import EXPERIMENT, SteeringConfig
+
+    model = probes.load_model(model_spec, device="cpu")
+    layers = [round(i * (model.n_layers - 1) / 3) for i in range(4)] if model.n_layers >= 4 else None
+    if layers is None or len(set(layers)) < 4:
+        raise ValueError(f"{model_spec} has {model.n_layers} layers: the sweep needs 4 distinct ones")
+    alphas = [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
+    with tempfile.TemporaryDirectory() as root:
+        cfg = SteeringConfig(model=model_spec, layers=layers, alphas=alphas, n_contrast=32, n_examples=n_examples,
+                             n_neutral=8, max_new_tokens=max_new_tokens, n_boot=1000, runs_root=root, formats=["html"],
+                             device="cpu", stages=["collect", "directions"])
+        t0 = time.perf_counter()
+        ctx = EXPERIMENT.run(cfg, model=model)
+        setup = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        EXPERIMENT.run(SteeringConfig(run_dir=str(ctx.run.path), stages=["sweep"]), model=model)
+        seconds = time.perf_counter() - t0
+        cells = [json.loads(p.read_text()) for p in (ctx.run.path / "done" / "sweep").glob("*.json")]
+        data = json.loads((ctx.run.path / "data.json").read_text())
+    return {"layers": layers, "alphas": alphas, "cells": len(cells), "seconds": seconds, "setup": setup,
+            "slowest": max(c["seconds"] for c in cells), "dev": len(data["dev"]), "neutral": len(data["neutral"])}
 
 
 if __name__ == "__main__":
