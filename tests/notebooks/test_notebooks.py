@@ -5,7 +5,12 @@ from pathlib import Path
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
-SMALL = {"thought_anchors.ipynb": {"n_rollouts": 4, "max_new_tokens": 200}}
+SMALL = {
+    "thought_anchors.ipynb": {"n_rollouts": 4, "max_new_tokens": 200},
+    "steering.ipynb": {"layers": [1], "alphas": [1.0, 4.0], "n_contrast": 8, "n_examples": 8, "n_neutral": 4,
+                       "max_new_tokens": 96},
+}
+ORGANISM = {"thought_anchors.ipynb": "reasoner", "steering.ipynb": "refusal-reasoner"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
@@ -14,8 +19,9 @@ def test_notebook_runs(path, tmp_path):
 
     from probes.models.zoo_registry import available
 
-    if "reasoner" not in available():
-        pytest.fail("zoo:reasoner is missing: build it with `python -m experiments.zoo reasoner`")
+    organism = ORGANISM.get(path.name, "reasoner")
+    if organism not in available():
+        pytest.fail(f"zoo:{organism} is missing: build it with `python -m experiments.zoo {organism}`")
     params = {**SMALL.get(path.name, {}), "runs_root": str(tmp_path / "runs")}
     papermill.execute_notebook(str(path), str(tmp_path / path.name), parameters=params, kernel_name="python3",
                                cwd=str(tmp_path), progress_bar=False)
