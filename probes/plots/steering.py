@@ -52,7 +52,7 @@ def behaviour_alpha_figure(
         color = _COLORS[i % len(_COLORS)]
         ok = order[np.isfinite(m[i, order])]
         xs = x[ok].tolist()
-        fig.add_scatter(x=xs + xs[::-1], y=high[i, ok].tolist() + low[i, ok].tolist()[::-1], fill="toself",
+        fig.add_scatter(x=xs + xs[::-1], y=high[i, ok].tolist() + low[i, ok].tolist()[::-1], fill="toself", mode="lines",
                         fillcolor=_rgba(color, 0.2), line={"width": 0}, hoverinfo="skip", showlegend=False,
                         name=f"layer {layer} 95% CI")
         fig.add_scatter(x=xs, y=m[i, ok].tolist(), mode="lines+markers", name=f"layer {layer}",

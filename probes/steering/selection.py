@@ -671,7 +671,8 @@ def steering_slopes(alphas: Sequence[float], values) -> np.ndarray:
     if not np.isfinite(y).all():
         raise ValueError("values contain NaN or inf: drop or fix those examples first")
     centred = grid - grid.mean()
-    return y @ centred / (centred @ centred)
+    # centring y too leaves the slope unchanged and makes a flat curve's slope exactly 0 (not ±1e-17)
+    return (y - y.mean(axis=1, keepdims=True)) @ centred / (centred @ centred)
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)

@@ -214,6 +214,8 @@ def test_slopes_spread_and_anti_steerable_fraction_by_hand(tmp_path):
     values = [[1, 2, 3], [3, 2, 1], [0, 1, 0], [0, 0, 4]]  # slopes 1, -1, 0, 2 (centred α: -1, 0, 1)
     np.testing.assert_allclose(steering_slopes(alphas, values), [1, -1, 0, 2])
     np.testing.assert_allclose(steering_slopes([2.0, 0.0, 1.0], [[5, 1, 3]]), [2])  # order of the grid is kept
+    flat = steering_slopes([0.5, 1.0, 2.0, 4.0, 8.0, 16.0], [[1, 1, 1, 1, 1, 1], [0.3] * 6])
+    assert (flat == 0).all()  # exactly: a flat curve is neither steerable nor anti-steerable
     s = steerability(alphas, values, n_boot=NB)
     assert s.mean.value == pytest.approx(0.5)
     assert s.std == pytest.approx(math.sqrt(5 / 3))  # deviations .5, -1.5, -.5, 1.5
