@@ -12,7 +12,7 @@ from probes.plots.anchors import (
     suppression_heatmap,
 )
 from probes.plots.attention import attention_heatmap
-from probes.plots.export import FORMATS, find_browser, save_figure
+from probes.plots.export import FORMATS, find_browser, save_figure, show_figure
 from probes.plots.lens import logit_lens_figure
 from probes.plots.report import Report
 from probes.plots.steering import behaviour_alpha_figure, kl_alpha_figure, steerability_histogram
@@ -20,7 +20,8 @@ from probes.plots.viewer import write_steered_text, write_trace_viewer
 
 __all__ = [
     "FORMATS", "Report", "attention_heatmap", "behaviour_alpha_figure", "category_means_figure", "find_browser", "importance_bars",
-    "kl_alpha_figure", "kurtosis_heatmap", "logit_lens_figure", "save_figure", "sentence_matrix_heatmap", "steerability_histogram", "suppression_heatmap",
+    "kl_alpha_figure", "kurtosis_heatmap", "logit_lens_figure", "save_figure", "sentence_matrix_heatmap", "show_figure", "steerability_histogram",
+    "suppression_heatmap",
     "write_steered_text",
     "write_trace_viewer",
 ]

@@ -1,4 +1,4 @@
-"""Save a figure as interactive HTML and, when a browser is available, as PNG/SVG/PDF.
+"""Save a figure as interactive HTML and, when a browser is available, as PNG/SVG/PDF; show one in a notebook.
 
 Implements DESIGN.md "Results, runs and figures": figures are saved as interactive HTML
 (plotly.js embedded, so it opens offline) and as static files for papers. Static export
@@ -6,13 +6,15 @@ goes through kaleido 1.x, which drives a Chrome/Chromium. Launching the browser 
 seconds, so one browser per process is kept open on a private event-loop thread and
 reused. It is not kaleido's own sync server: that one blocks forever when the browser
 fails to start, whereas here every call has a timeout. Without a browser the static
-formats are skipped with one warning and the HTML is still written.
+formats are skipped with one warning and the HTML is still written. `show_figure` displays a
+figure in a notebook so that it survives the saved .ipynb, its HTML export and GitHub.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import base64
 import functools
 import logging
 import os
@@ -28,7 +30,7 @@ from probes.io import atomic_write_bytes, atomic_write_text
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-__all__ = ["FORMATS", "STATIC_EXPORT_HELP", "find_browser", "save_figure"]
+__all__ = ["FORMATS", "STATIC_EXPORT_HELP", "find_browser", "save_figure", "show_figure"]
 
 logger = logging.getLogger(__name__)
 
@@ -168,3 +170,49 @@ def save_figure(fig: go.Figure, path: str | os.PathLike[str], formats: Sequence[
             stacklevel=2,
         )
     return written
+
+
+def _png_for_display(fig: go.Figure, png: str | os.PathLike[str] | None) -> tuple[bytes | None, str]:
+    """PNG bytes for `show_figure`: the file at `png` if readable, else a kaleido render; else (None, why)."""
+    if png is not None:
+        try:
+            return Path(png).read_bytes(), ""
+        except OSError:
+            pass
+    if find_browser() is None:
+        return None, "no Chrome/Chromium"
+    try:
+        exporter = _get_exporter()
+    except Exception as e:  # noqa: BLE001 - a notebook figure must show even when the browser does not start.
+        return None, f"the browser failed to start ({e})"
+    try:
+        return exporter.image(fig, "png"), ""
+    except Exception as e:  # noqa: BLE001 - as above.
+        _drop_exporter()
+        return None, f"{type(e).__name__}: {e}"
+
+
+def show_figure(fig: go.Figure, png: str | os.PathLike[str] | None = None) -> None:
+    """Display `fig` in a notebook so that it shows in the saved .ipynb, its HTML export and on GitHub.
+
+    Displays one raw mimebundle: plotly's JSON (interactive in JupyterLab and VS Code), a static
+    `image/png` (the file at `png` when it exists, else rendered through kaleido with the timeouts
+    of `save_figure`) and the title as `text/plain`. Without a PNG it warns and shows the rest; it
+    never raises for a missing or failing browser.
+    """
+    import plotly.io as pio
+    from IPython.display import display
+
+    bundle = dict(pio.renderers["plotly_mimetype"].to_mimebundle(fig.to_dict()))
+    title = fig.layout.title.text or "Figure"
+    image, why = _png_for_display(fig, png)
+    if image is not None:
+        bundle["image/png"] = base64.b64encode(image).decode("ascii")
+    else:
+        warnings.warn(
+            f"no static image of {title!r} ({why}): it will not show in an HTML export or on GitHub",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    bundle["text/plain"] = title
+    display(bundle, raw=True)

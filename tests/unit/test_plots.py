@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from probes.plots import Report, attention_heatmap, export, find_browser, logit_lens_figure, save_figure
+from probes.plots import (
+    Report,
+    attention_heatmap,
+    export,
+    find_browser,
+    logit_lens_figure,
+    save_figure,
+    show_figure,
+)
 
 PLOTLYJS_BANNER = "* plotly.js v"
 
@@ -87,6 +95,85 @@ def test_static_export_and_report_with_figures(tmp_path: Path, fig) -> None:
     report.write(tmp_path / "run")
     assert (tmp_path / "run" / "figures" / "attn.png").stat().st_size > 1000
     assert 'href="figures/attn.png"' in (tmp_path / "run" / "report.html").read_text()
+
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def ipython_shell():
+    """An IPython shell for the test (display() only publishes bundles inside one), without history files."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    yield InteractiveShell.instance(config=Config(HistoryManager={"enabled": False}))
+    InteractiveShell.clear_instance()
+
+
+def _shown(fig, png=None) -> tuple[list[dict], list[str]]:
+    """The raw bundles `show_figure` displays, and the warnings it gives."""
+    from IPython.utils.capture import capture_output
+
+    with capture_output() as cap, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        show_figure(fig, png)
+    return [o.data for o in cap.outputs], [str(w.message) for w in caught]
+
+
+@pytest.mark.usefixtures("ipython_shell")
+def test_show_figure_bundles_plotly_json_and_the_saved_png(
+    tmp_path: Path, fig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import base64
+
+    png = tmp_path / "attn.png"
+    png.write_bytes(PNG_MAGIC + b"saved")
+    monkeypatch.setattr(export, "_get_exporter", lambda: pytest.fail("a saved PNG must not start a browser"))
+    [bundle], caught = _shown(fig, png)
+    assert not caught
+    assert set(bundle) == {"application/vnd.plotly.v1+json", "image/png", "text/plain"}
+    assert bundle["application/vnd.plotly.v1+json"]["layout"]["title"]["text"] == "tiny"
+    assert bundle["application/vnd.plotly.v1+json"]["data"][0]["type"] == "heatmap"
+    assert base64.b64decode(bundle["image/png"]) == PNG_MAGIC + b"saved"
+    assert bundle["text/plain"] == "tiny"
+
+
+@pytest.mark.usefixtures("ipython_shell")
+def test_show_figure_without_a_png_never_raises(tmp_path: Path, fig, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Broken:
+        def image(self, fig, fmt):
+            raise RuntimeError("chromium crashed")
+
+    dropped = []
+    monkeypatch.setattr(export, "find_browser", lambda: "/usr/bin/chromium")
+    monkeypatch.setattr(export, "_get_exporter", lambda: Broken())
+    monkeypatch.setattr(export, "_drop_exporter", lambda: dropped.append(True))
+    monkeypatch.setattr(type(fig), "to_image", lambda *a, **k: pytest.fail("to_image has no timeout"), raising=False)
+    [bundle], caught = _shown(fig, tmp_path / "missing.png")
+    assert set(bundle) == {"application/vnd.plotly.v1+json", "text/plain"} and dropped == [True]
+    assert caught == [
+        "no static image of 'tiny' (RuntimeError: chromium crashed): it will not show in an HTML export or on GitHub"
+    ]
+
+    def fails_to_start():
+        raise RuntimeError("no display")
+
+    monkeypatch.setattr(export, "_get_exporter", fails_to_start)
+    [bundle], caught = _shown(fig)
+    assert "image/png" not in bundle and "the browser failed to start (no display)" in caught[0]
+    monkeypatch.setattr(export, "find_browser", lambda: None)
+    [bundle], caught = _shown(fig)
+    assert "image/png" not in bundle and "(no Chrome/Chromium)" in caught[0]
+
+
+@pytest.mark.usefixtures("ipython_shell")
+@pytest.mark.skipif(find_browser() is None, reason="no Chrome/Chromium: show_figure then shows no PNG by design")
+def test_show_figure_renders_a_png_when_none_was_saved(tmp_path: Path, fig) -> None:
+    import base64
+
+    [bundle], caught = _shown(fig, tmp_path / "missing.png")
+    assert not caught
+    assert base64.b64decode(bundle["image/png"])[:8] == PNG_MAGIC
 
 
 def test_attention_heatmap_keeps_repeated_tokens_and_escapes() -> None:
