@@ -42,19 +42,33 @@ HELDOUT_SEED = 1
 # (held-out streams use only held-out words); every event has many sentence frames, in the present
 # or the past tense; a quarter of the problems carry a digit-free distractor sentence. The trace
 # keeps one canonical wording, so reading new wording is the only thing that must generalise.
-P_NONCE = 0.25
+P_NONCE = 0.2
 """Share of problems whose objects are nonce words (``words.pool("nonce")``) instead of plural nouns."""
+P_COMPOUND = 0.2
+"""Share of problems whose objects carry a modifier ("paper cranes", "spare keys")."""
 P_PAST = 0.3
 P_DISTRACTOR = 0.25
+P_PRONOUN = 0.35
+"""Share of problems that say "she" or "he" after the first sentence (in half of the later sentences)."""
+MODIFIERS = ("small", "red", "blue", "green", "paper", "glass", "wooden", "old", "tiny", "spare", "shiny",
+             "silver", "plastic", "clay", "metal", "striped", "round", "fresh", "dried", "sugar", "chocolate",
+             "garden", "kitchen", "toy", "party", "winter", "summer", "gold", "cotton", "woollen", "painted",
+             "broken", "little", "big", "heavy", "soft", "wild", "lucky", "rare", "antique")
+AGENTS = ("a friend", "a neighbour", "the teacher", "the kids", "some visitors", "the customers", "a cousin",
+          "the dog", "a classmate", "the twins", "some birds", "a stranger", "the shopkeeper", "a brother",
+          "a sister", "the children", "an uncle", "an aunt", "the guests", "a colleague")
 
 START = (
-    "{n} has {v} {o}.", "{n} owns {v} {o}.", "{n} starts the day with {v} {o}.", "At first, {n} has {v} {o}.",
+    "{n} has {v} {o}.", "{n} has saved {v} {o} so far.", "{n} bakes {v} {o}.", "{n} picks {v} {o}.",
+    "{n} stores {v} {o} in the shed.", "{n} carries {v} {o}.", "{n} makes {v} {o} for a fair.",
+    "{n} stacks {v} {o} on a shelf.", "{n} buys {v} {o} at the market.", "{n} gathers {v} {o}.", "{n} owns {v} {o}.", "{n} starts the day with {v} {o}.", "At first, {n} has {v} {o}.",
     "{n} keeps {v} {o} at home.", "{n} is holding {v} {o}.", "{n} begins with {v} {o}.",
     "There are {v} {o} in the room of {n}.", "{n} has a pile of {v} {o}.", "In the morning {n} has {v} {o}.",
     "{n} brings {v} {o} to school.", "{n} owns a collection of {v} {o}.",
 )
 START_PAST = (
-    "{n} had {v} {o}.", "{n} counted {v} {o} this morning.", "{n} started with {v} {o}.",
+    "{n} had {v} {o}.", "{n} counted {v} {o} this morning.", "{n} baked {v} {o}.", "{n} picked {v} {o}.",
+    "{n} bought {v} {o} at the market.", "{n} made {v} {o}.", "{n} started with {v} {o}.",
     "At the start of the week {n} had {v} {o}.", "{n} got {v} {o} as a gift.", "{n} once owned {v} {o}.",
 )
 GROUPS = (
@@ -81,19 +95,38 @@ WEEK_PAST = ("{n} collected {b} {o} every day for a week.", "For a week, {n} fou
 GAIN_VERBS = (("finds", "found"), ("buys", "bought"), ("gets", "got"), ("receives", "received"),
               ("picks up", "picked up"), ("earns", "earned"), ("wins", "won"), ("collects", "collected"),
               ("makes", "made"), ("gathers", "gathered"), ("adds", "added"), ("brings home", "brought home"),
-              ("is given", "was given"), ("borrows", "borrowed"), ("orders", "ordered"))
+              ("is given", "was given"), ("borrows", "borrowed"), ("orders", "ordered"), ("bakes", "baked"),
+              ("builds", "built"), ("catches", "caught"), ("digs up", "dug up"), ("grows", "grew"),
+              ("harvests", "harvested"), ("knits", "knitted"), ("sews", "sewed"), ("paints", "painted"),
+              ("prints", "printed"), ("rescues", "rescued"), ("saves", "saved"), ("trades for", "traded for"),
+              ("wins back", "won back"), ("picks", "picked"), ("draws", "drew"), ("crafts", "crafted"),
+              ("fetches", "fetched"), ("obtains", "obtained"), ("inherits", "inherited"), ("acquires", "acquired"),
+              ("cooks", "cooked"), ("carves", "carved"), ("weaves", "wove"), ("brews", "brewed"),
+              ("grabs", "grabbed"), ("purchases", "purchased"), ("scoops up", "scooped up"), ("spots", "spotted"),
+              ("discovers", "discovered"), ("unpacks", "unpacked"), ("is sent", "was sent"), ("adopts", "adopted"))
 GAIN = ("{n} {v} {k} more {o}.", "Then {n} {v} another {k} {o}.", "Later, {n} {v} {k} more {o}.",
         "After that {n} {v} {k} extra {o}.", "Next, {n} {v} {k} more.", "The next day {n} {v} {k} more {o}.")
-GAIN_FIXED = ("A friend gives {n} {k} more {o}.", "{n} is handed {k} more {o} by a neighbour.",
-              "Someone gives {k} more {o} to {n}.")
-GAIN_FIXED_PAST = ("A friend gave {n} {k} more {o}.", "A neighbour handed {n} {k} more {o}.")
+GAIN_FIXED = ("{A} gives {n} {k} more {o}.", "{n} is handed {k} more {o} by {a}.",
+              "{A} brings {k} more {o} for {n}.", "{A} sends {n} another {k} {o}.")
+GAIN_FIXED_PAST = ("{A} gave {n} {k} more {o}.", "{A} handed {n} {k} more {o}.", "{A} brought {n} {k} more {o}.")
 LOSS_VERBS = (("gives away", "gave away"), ("loses", "lost"), ("sells", "sold"), ("uses", "used"),
               ("trades away", "traded away"), ("drops", "dropped"), ("breaks", "broke"), ("donates", "donated"),
-              ("hands out", "handed out"), ("throws away", "threw away"), ("spends", "spent"), ("lends", "lent"))
+              ("hands out", "handed out"), ("throws away", "threw away"), ("spends", "spent"), ("lends", "lent"),
+              ("eats", "ate"), ("gives", "gave"), ("mails", "mailed"), ("sends off", "sent off"), ("burns", "burned"),
+              ("spills", "spilled"), ("wastes", "wasted"), ("misplaces", "misplaced"), ("returns", "returned"),
+              ("shares", "shared"), ("hands over", "handed over"), ("ships", "shipped"), ("sells off", "sold off"),
+              ("throws out", "threw out"), ("tosses", "tossed"), ("discards", "discarded"), ("recycles", "recycled"),
+              ("pays with", "paid with"), ("leaves behind", "left behind"), ("gives up", "gave up"),
+              ("packs away", "packed away"), ("plants", "planted"), ("feeds away", "fed away"),
+              ("gifts", "gifted"), ("cracks", "cracked"), ("tears", "tore"), ("wears out", "wore out"),
+              ("forgets", "forgot"), ("swaps away", "swapped away"), ("loans out", "loaned out"),
+              ("sacrifices", "sacrificed"), ("uses up", "used up"), ("removes", "removed"), ("drinks", "drank"))
 LOSS = ("{n} {v} {k} {o}.", "Then {n} {v} {k} of the {o}.", "After that, {n} {v} {k} of them.",
         "Later {n} {v} {k}.", "Next, {n} {v} {k} of the {o}.", "The next day {n} {v} {k} {o}.")
-LOSS_FIXED = ("{k} of the {o} get lost.", "A friend takes {k} of the {o}.", "{k} {o} go missing.")
-LOSS_FIXED_PAST = ("{k} of the {o} got lost.", "A friend took {k} of the {o}.")
+LOSS_FIXED = ("{k} of the {o} get lost.", "{A} takes {k} of the {o}.", "{k} {o} go missing.",
+              "{A} eats {k} of them.", "{A} borrows {k} of the {o} and keeps them.", "{k} of them break.")
+LOSS_FIXED_PAST = ("{k} of the {o} got lost.", "{A} took {k} of the {o}.", "{A} ate {k} of them.",
+                   "{k} of them broke.")
 DOUBLE = ("Then the number of {o} doubles.", "Later {n} doubles the pile of {o}.",
           "Then {n} gets as many {o} again.", "After that the {o} are twice as many.",
           "Then {n} ends up with twice as many {o}.", "Next, the count of {o} is doubled.")
@@ -108,7 +141,7 @@ QUESTIONS = ("How many {o} does {n} have now?", "How many {o} does {n} have at t
              "How many {o} are there in the end?", "What is the number of {o} now?",
              "How many {o} does {n} end up with?", "Count the {o} that {n} has now.",
              "How many {o} does {n} own after all this?", "So how many {o} does {n} have?",
-             "What is the final count of {o}?", "How many {o} remain with {n}?",
+             "What is the final count of {o}?", "How many {o} does {n} still have?",
              "Work out how many {o} {n} has.", "How many {o} are left at the end?")
 QUESTIONS_PAST = ("How many {o} did {n} have at the end?", "How many {o} did {n} end up with?",
                   "How many {o} were left in the end?")
@@ -168,12 +201,19 @@ def generate(index: int, seed: int = TRAIN_SEED, p_skip: float | dict[str, float
     held = seed == HELDOUT_SEED
     name, other = rng.sample(words.pool("names", held), 2)
     obj = rng.choice(words.pool("nonce" if rng.random() < P_NONCE else "objects", held))
+    if rng.random() < P_COMPOUND:
+        obj = f"{rng.choice(MODIFIERS)} {obj}"
     box = rng.choice(words.CONTAINERS)
     past = rng.random() < P_PAST
+    pronoun = rng.choice(("she", "he")) if rng.random() < P_PRONOUN else None
     fmt = {"n": name, "o": obj}
 
-    def say(present, past_frames, **slots) -> str:
-        return rng.choice(past_frames if past else present).format(**fmt, **slots)
+    def later() -> dict:
+        """Slots of a sentence after the first: the name, or the pronoun half of the time."""
+        return {**fmt, "n": pronoun} if pronoun and rng.random() < 0.5 else fmt
+
+    def say(present, past_frames, first: bool = False, **slots) -> str:
+        return _capital(rng.choice(past_frames if past else present).format(**(fmt if first else later()), **slots))
 
     n_comp = min(rng.choices(N_COMPUTATIONS, N_COMPUTATIONS_WEIGHTS)[0], max_computations)
 
@@ -183,26 +223,26 @@ def generate(index: int, seed: int = TRAIN_SEED, p_skip: float | dict[str, float
     first: Computation | None = None
     if kind == "plain":
         value = rng.randint(10, 99)
-        problem = [say(START, START_PAST, v=value)]
+        problem = [say(START, START_PAST, v=value, first=True)]
         setup = f"{name} starts with {value} {obj}."
         plan = [f"start from {value}"]
     elif kind == "groups":
         a, b = rng.randint(2, 9), rng.randint(3, 12)
         first = Computation(a, "*", b)
-        problem = [say(GROUPS, GROUPS_PAST, a=a, b=b, c=box)]
+        problem = [say(GROUPS, GROUPS_PAST, a=a, b=b, c=box, first=True)]
         setup = f"{name} starts with {a} {box} of {b} {obj}."
         plan = [f"multiply {a} by {b}"]
     elif kind == "dozen":
         a = rng.randint(2, 9)
         first = Computation(a, "*", 12)
-        problem = [say(DOZEN, DOZEN_PAST, a=a, c=box)]
+        problem = [say(DOZEN, DOZEN_PAST, a=a, c=box, first=True)]
         setup = f"{name} starts with {a} {box} of a dozen {obj}."
         plan = [f"multiply {a} by a dozen"]
         fact = "A dozen is 12."
     else:
         b = rng.randint(2, 19)
         first = Computation(b, "*", 7)
-        problem = [say(WEEK, WEEK_PAST, b=b)]
+        problem = [say(WEEK, WEEK_PAST, b=b, first=True)]
         setup = f"{name} collects {b} {obj} a day for a week."
         plan = [f"multiply {b} by the days in a week"]
         fact = "A week has 7 days."
@@ -223,12 +263,14 @@ def generate(index: int, seed: int = TRAIN_SEED, p_skip: float | dict[str, float
         last_event = EVENTS[op]
         if op == "+":
             k = rng.randint(2, min(59, max_value - value))
-            problem.append(_event(rng, past, GAIN_VERBS, GAIN, GAIN_FIXED, GAIN_FIXED_PAST, k=k, **fmt))
+            problem.append(_event(rng, past, GAIN_VERBS, GAIN, GAIN_FIXED, GAIN_FIXED_PAST, k=k, o=obj, name=name,
+                                  subject=later()["n"]))
             plan.append(f"add {k}")
             step = Computation(value, "+", k)
         elif op == "-":
             k = rng.randint(2, min(59, value - 2))
-            problem.append(_event(rng, past, LOSS_VERBS, LOSS, LOSS_FIXED, LOSS_FIXED_PAST, k=k, **fmt))
+            problem.append(_event(rng, past, LOSS_VERBS, LOSS, LOSS_FIXED, LOSS_FIXED_PAST, k=k, o=obj, name=name,
+                                  subject=later()["n"]))
             plan.append(f"subtract {k}")
             step = Computation(value, "-", k)
         else:
@@ -281,11 +323,17 @@ def generate(index: int, seed: int = TRAIN_SEED, p_skip: float | dict[str, float
     )
 
 
-def _event(rng, past: bool, verbs, frames, fixed, fixed_past, **slots) -> str:
-    """A gain or loss sentence: a frame with one of ``verbs`` (present or past), or a fixed frame."""
-    if rng.random() < 0.2:
-        return rng.choice(fixed_past if past else fixed).format(**slots)
-    return rng.choice(frames).format(v=rng.choice(verbs)[past], **slots)
+def _event(rng, past: bool, verbs, frames, fixed, fixed_past, *, name: str, subject: str, **slots) -> str:
+    """A gain or loss sentence: a frame with one of ``verbs`` (present or past) whose subject is
+    ``subject`` (the name or a pronoun), or a frame in which someone else (``AGENTS``) gives or takes."""
+    if rng.random() < 0.25:
+        agent = rng.choice(AGENTS)
+        return _capital(rng.choice(fixed_past if past else fixed).format(a=agent, A=agent.capitalize(), n=name, **slots))
+    return _capital(rng.choice(frames).format(v=rng.choice(verbs)[past], n=subject, **slots))
+
+
+def _capital(sentence: str) -> str:
+    return sentence[0].upper() + sentence[1:]
 
 
 def _plan_sentence(phrases: list[str]) -> str:
