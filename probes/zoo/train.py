@@ -87,7 +87,7 @@ class TrainConfig(Schedule):
     experts_per_token: int = field(default=2, metadata={"help": "top-k routing (moe)"})
     expert_intermediate_size: int = field(default=128, metadata={"help": "width of each expert's MLP (moe)"})
     router_aux_loss_coef: float = field(default=0.01, metadata={"help": "weight of the load-balancing loss (moe)"})
-    max_length: int = field(default=320, metadata={"help": "longest training example in tokens"})
+    max_length: int = field(default=384, metadata={"help": "longest training example in tokens"})
     save_dtype: Literal["bfloat16", "float32"] = field(default="bfloat16", metadata={"help": "dtype of the saved weights"})
     eval_every: int = field(default=0, metadata={"help": "log held-out greedy accuracy on 50 problems every this "
                                                          "many steps (0: never); does not change training"})
