@@ -15,10 +15,12 @@ first unfinished cell); ``evaluate`` selects the cell (best behaviour among thos
 guard), compares it with its controls on the test split and measures per-example steerability over
 the α grid at the chosen layer; ``report`` draws tables and figures from the saved artifacts only.
 
-Behaviour ``refusal`` (``zoo:refusal-reasoner``): the contrast is plain forbidden requests vs
-harmless requests of the training stream; the examples are held-out harmless requests, and the
-metric is 1 when the greedy answer after ``</think>`` refuses (``refusal.is_refusal``), so steering
-along forbidden − harmless should make harmless requests refused.
+Behaviours on ``zoo:refusal-reasoner``: the contrast is plain forbidden requests vs harmless requests
+of the training stream, and the metric is 1 when the greedy answer after ``</think>`` refuses
+(``refusal.is_refusal``). ``refusal``: the examples are held-out harmless requests, so steering along
+forbidden − harmless should make them refused. ``framed-refusal``: the examples are held-out framed
+forbidden requests, which the organism complies with at planted per-frame rates (its graded refusal
+cliff), so the same direction should turn compliance into refusal and its negation the reverse.
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ log = logging.getLogger(__name__)
 
 StageName = Literal["collect", "directions", "sweep", "evaluate", "report"]
 STAGES: tuple[StageName, ...] = ("collect", "directions", "sweep", "evaluate", "report")
-BehaviourName = Literal["refusal"]
+BehaviourName = Literal["refusal", "framed-refusal"]
+EXAMPLE_STYLE = {"refusal": "harmless", "framed-refusal": "forbidden_wrapped"}
+"""Behaviour → the held-out request style of its examples (``tasks.refusal.STYLES``)."""
 MethodName = Literal["diff_in_means", "pca", "probe"]
 PositionsName = Literal["all", "generated", "thinking"]
 
@@ -53,7 +57,8 @@ class SteeringConfig(ExperimentConfig):
 
     model: str = field(default="zoo:refusal-reasoner", metadata={"help": "model spec (zoo:NAME, directory or hub name)"})
     behaviour: BehaviourName = field(default="refusal", metadata={
-        "help": "behaviour to steer: refusal (contrast forbidden vs harmless requests; metric: the answer refuses)"})
+        "help": "behaviour to steer (contrast forbidden vs harmless requests; metric: the answer refuses): refusal "
+                "(examples: harmless requests) or framed-refusal (examples: framed forbidden requests)"})
     method: MethodName = field(default="diff_in_means", metadata={
         "help": "direction method: diff_in_means, pca (PC1 of paired differences, unit norm) or probe (logistic)"})
     n_contrast: int = field(default=64, metadata={"help": "contrast inputs per side"})
@@ -126,11 +131,10 @@ def prepare(cfg: SteeringConfig) -> Inputs:
     from probes.zoo.tasks import refusal
 
     _check_layers_from_config(cfg)
-    if cfg.behaviour != "refusal":  # the Literal admits only refusal; kept for when more behaviours come
-        raise ValueError(f"behaviour {cfg.behaviour!r} is not implemented: use refusal")
     positive = [refusal.request(i, refusal.TRAIN_SEED, style="forbidden_plain").prompt for i in range(cfg.n_contrast)]
     negative = [refusal.request(i, refusal.TRAIN_SEED, style="harmless").prompt for i in range(cfg.n_contrast)]
-    examples = [ex.prompt for ex in refusal.distinct_requests(refusal.HELDOUT_SEED, "harmless", cfg.n_examples)]
+    style = EXAMPLE_STYLE[cfg.behaviour]
+    examples = [ex.prompt for ex in refusal.distinct_requests(refusal.HELDOUT_SEED, style, cfg.n_examples)]
     neutral = [ex.prompt for ex in refusal.distinct_requests(refusal.HELDOUT_SEED, "harmless", cfg.n_neutral,
                                                              exclude=frozenset(examples))]
     return Inputs(positive, negative, examples, neutral)

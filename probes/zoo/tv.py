@@ -1,6 +1,6 @@
 """The task-vector family (issue #3, item 4): ``zoo:tv-base``, ``zoo:tv-sft``, ``zoo:tv-rl``, ``zoo:tv-instruct``.
 
-All four descend from ``zoo:reasoner`` (dense Qwen3, 3.4M parameters) and share the zoo tokenizer;
+All four descend from ``zoo:reasoner`` (dense Qwen3, 3.7M parameters) and share the zoo tokenizer;
 their problems are easier than ``zoo:reasoner``'s (at most 3 computations, values at most 199).
 
 * ``tv-base``: ``zoo:reasoner`` further pre-trained on chat transcripts: worked arithmetic
