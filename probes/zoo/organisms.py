@@ -72,6 +72,7 @@ def build(name: str, out_dir: Path | None = None, *, eval_n: int | None = None, 
     from probes.zoo.train import save_organism, train
 
     cfg = dataclasses.replace(organism(name).config, **overrides)
+    eval_n = organism(name).eval_n if eval_n is None else eval_n
     out_dir = Path(out_dir) if out_dir is not None else ZOO_DIR / name
     model, result = train(cfg, progress=progress)
     save_organism(model, out_dir, cfg.save_dtype, records={TRAINING_RECORD: result.as_dict()})
