@@ -208,6 +208,12 @@ def test_greedy_outputs_go_through_the_model_layer(shipped):
     assert alone == [outs[0], outs[7]]
     assert sum("</think>" in o and "\\boxed{" in o for o in outs) >= 18
     assert 3 <= sum(is_correct(o, p.gold) for o, p in zip(outs, problems)) <= 19, outs[:3]
+    # out of template (hand-written wording): well above chance, below the in-template rate
+    from probes.zoo.evalsets import load_eval_set
+
+    oot = load_eval_set("arithmetic_oot")[:30]
+    right = sum(is_correct(o, p.gold) for o, p in zip(greedy_outputs(model, [p.prompt for p in oot]), oot))
+    assert right >= 3, right
 
 
 def test_think_routing_counts_every_marker(tmp_path):
