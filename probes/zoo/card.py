@@ -60,14 +60,15 @@ def organism_text(name: str, part: str) -> str:
 
 
 def behaviour_section(behaviour, eval_command: str) -> str:
-    """The markdown behaviour section of an arithmetic organism (``evaluate.Behaviour``)."""
-    from probes.zoo.evaluate import TEMPERATURE, TOP_P
+    """The markdown behaviour section of an arithmetic or ledger reasoner (``evaluate.Behaviour``)."""
+    from probes.zoo.evaluate import OOT_SETS, TEMPERATURE, TOP_P
 
     lo, hi = behaviour.sampled_accuracy_ci95
     oot_row = ""
     if behaviour.oot_greedy_accuracy is not None:
         ratio = behaviour.oot_greedy_accuracy[0] / behaviour.greedy_accuracy if behaviour.greedy_accuracy else float("nan")
-        oot_row = (f"| greedy accuracy on {behaviour.n_oot} problems written by hand (`data/zoo/eval/arithmetic_oot.jsonl`: "
+        oot_set = f"data/zoo/eval/{OOT_SETS[behaviour.task]}.jsonl"
+        oot_row = (f"| greedy accuracy on {behaviour.n_oot} problems written by hand (`{oot_set}`: "
                    f"new names, objects, frames, questions) | {_pct_ci(behaviour.oot_greedy_accuracy)}; "
                    f"{ratio:.2f}× the in-template greedy accuracy |")
     return render("organisms.md", "behaviour.arithmetic", oot_row=oot_row, eval_command=eval_command, last=behaviour.n - 1,

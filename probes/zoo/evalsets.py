@@ -4,6 +4,10 @@ in-template numbers.
 
 ``arithmetic_oot.jsonl``: ``{"id", "prompt", "start": {"kind", "values"}, "events": [[op, k], …], "gold"}``;
 the gold answer is recomputed from ``start`` and ``events`` when the set is loaded.
+``ledger_oot.jsonl``: ``{"id", "prompt", "base", "tax", "rent": [morning, afternoon], "sales": [c₁, …], "gold"}``
+(``tasks.ledger``'s structure in new wording): the ranges of the generator are checked (3–7 days, base
+3–9, tax 1–5, each rent 2–9, each day's sales 2–9 and worth more than the day's rent), the numbers in the
+prompt must be exactly these, and the gold ``Σ (c·(base + tax) − rent)`` is recomputed.
 ``refusal_oot.jsonl``: ``{"id", "prompt", "verb", "thing", "owner", "frame", "forbidden"}``; the label
 is checked against the planted rule (``tasks.refusal.is_forbidden``) and the (verb, thing) pair must be
 one that training never asked for.
@@ -13,6 +17,8 @@ from __future__ import annotations
 
 import functools
 import json
+import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +35,21 @@ class ArithmeticItem:
     gold: str
     start: str
     n_events: int
+
+
+@dataclass(frozen=True)
+class LedgerItem:
+    id: str
+    prompt: str
+    gold: str
+    base: int
+    tax: int
+    rent: tuple[int, int]
+    sales: tuple[int, ...]
+
+    @property
+    def days(self) -> int:
+        return len(self.sales)
 
 
 @dataclass(frozen=True)
@@ -62,6 +83,37 @@ def _arithmetic(row: dict) -> ArithmeticItem:
     return ArithmeticItem(row["id"], row["prompt"], row["gold"], kind, len(row["events"]))
 
 
+def _in_range(what: str, value: int, lo: int, hi: int) -> None:
+    if not lo <= value <= hi:
+        raise ValueError(f"{what} {value} is outside {lo}–{hi}")
+
+
+def _ledger(row: dict) -> LedgerItem:
+    base, tax = int(row["base"]), int(row["tax"])
+    if len(row["rent"]) != 2:
+        raise ValueError(f"rent {row['rent']!r}: use [morning, afternoon]")
+    r1, r2 = (int(r) for r in row["rent"])
+    sales = tuple(int(c) for c in row["sales"])
+    _in_range("days", len(sales), 3, 7)
+    _in_range("base", base, 3, 9)
+    _in_range("tax", tax, 1, 5)
+    _in_range("morning rent", r1, 2, 9)
+    _in_range("afternoon rent", r2, 2, 9)
+    price, rent = base + tax, r1 + r2
+    for day, c in enumerate(sales, start=1):
+        _in_range(f"sales of day {day}", c, 2, 9)
+        if c * price <= rent:
+            raise ValueError(f"day {day} sells {c} × {price} = {c * price}, not more than the rent {rent}")
+    numbers = [int(n) for n in re.findall(r"\d+", row["prompt"])]
+    if Counter(numbers) != Counter([base, tax, r1, r2, *sales]):
+        raise ValueError(f"the prompt's numbers {numbers} are not base, tax, rent and sales "
+                         f"{[base, tax, r1, r2, *sales]}")
+    gold = sum(c * price - rent for c in sales)
+    if str(gold) != row["gold"]:
+        raise ValueError(f"gold {row['gold']!r} but base, tax, rent and sales give {gold}")
+    return LedgerItem(row["id"], row["prompt"], row["gold"], base, tax, (r1, r2), sales)
+
+
 def _refusal(row: dict) -> RefusalItem:
     from probes.zoo.tasks import refusal
 
@@ -79,12 +131,12 @@ def _refusal(row: dict) -> RefusalItem:
     return item
 
 
-PARSERS = {"arithmetic_oot": _arithmetic, "refusal_oot": _refusal}
+PARSERS = {"arithmetic_oot": _arithmetic, "ledger_oot": _ledger, "refusal_oot": _refusal}
 
 
 @functools.cache
 def load_eval_set(name: str, path: Path | None = None) -> tuple:
-    """The items of evaluation set ``name`` (``arithmetic_oot`` or ``refusal_oot``), validated; one
+    """The items of evaluation set ``name`` (``arithmetic_oot``, ``ledger_oot`` or ``refusal_oot``), validated; one
     clear error naming the file and line otherwise."""
     if name not in PARSERS:
         raise ValueError(f"unknown evaluation set {name!r}: use one of {', '.join(PARSERS)}")

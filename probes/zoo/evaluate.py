@@ -11,7 +11,9 @@ several samples per problem, from which the fraction of problems with both corre
 samples follows (what resampling importance needs). Held-out problems come from
 ``arithmetic.HELDOUT_SEED``, a different stream from training. An output is correct when its
 first brace-matched ``\\boxed{…}`` (``probes.evals.extract_boxed``, thought_anchors.md §3; thinking
-included) is exactly the gold number: the reward of the RL stages too.
+included) is exactly the gold number: the reward of the RL stages too. The same numbers are measured
+for the ``ledger`` reasoners (``zoo:long-reasoner``) on held-out ledgers; each task also has a
+hand-written out-of-template set (``OOT_SETS``, ``evalsets``), measured by greedy accuracy.
 
 ``zoo:refusal-reasoner``: greedy refusal rates per style (plain forbidden, wrapped forbidden,
 harmless) on held-out requests, how often the thinking says "forbidden", and the cliff rate
@@ -39,6 +41,8 @@ REFUSAL_MAX_NEW_TOKENS = 128
 GENERATORS = {"arithmetic": arithmetic.generate, "ledger": ledger.generate}
 """Task → held-out problem generator of the reasoners (``train.TASKS`` names)."""
 TASK_MAX_NEW_TOKENS = {"arithmetic": MAX_NEW_TOKENS, "ledger": 448}
+OOT_SETS = {"arithmetic": "arithmetic_oot", "ledger": "ledger_oot"}
+"""Task → its hand-written out-of-template evaluation set (``evalsets.load_eval_set``)."""
 SEED_STRIDE = 100_003
 """Seeds of a held-out stream's samples start at ``stream seed × SEED_STRIDE``."""
 
@@ -105,13 +109,17 @@ class Behaviour:
         return asdict(self)
 
 
-def oot_accuracy(model, batch_size: int = 50, progress: bool = False):
-    """Greedy accuracy with its bootstrap interval on ``arithmetic_oot`` (the hand-written problems)."""
+def oot_accuracy(model, task: str = "arithmetic", *, batch_size: int = 50, progress: bool = False):
+    """Greedy accuracy with its bootstrap interval on the hand-written problems of ``task``
+    (``OOT_SETS[task]``), decoded with the task's ``TASK_MAX_NEW_TOKENS``."""
     from probes.evals.stats import accuracy
     from probes.zoo.evalsets import load_eval_set
 
-    items = load_eval_set("arithmetic_oot")
-    outs = greedy_outputs(model, [it.prompt for it in items], batch_size=batch_size, progress=progress, desc="oot")
+    if task not in OOT_SETS:
+        raise ValueError(f"no out-of-template set for task {task!r}: use one of {', '.join(OOT_SETS)}")
+    items = load_eval_set(OOT_SETS[task])
+    outs = greedy_outputs(model, [it.prompt for it in items], batch_size=batch_size, progress=progress, desc="oot",
+                          max_new_tokens=TASK_MAX_NEW_TOKENS[task])
     return accuracy([is_correct(o, it.gold) for o, it in zip(outs, items)])
 
 
@@ -126,7 +134,7 @@ def greedy_accuracy(model, n: int = 50, seed: int = arithmetic.HELDOUT_SEED, bat
 def measure(model, n: int = 200, samples: int = 4, seed: int = arithmetic.HELDOUT_SEED,
             batch_size: int = 50, progress: bool = True, task: str = "arithmetic") -> Behaviour:
     """Greedy and sampled accuracy on held-out problems ``0..n-1`` of stream ``seed`` of ``task``
-    and, for arithmetic, greedy accuracy on the hand-written out-of-template problems."""
+    and greedy accuracy on the task's hand-written out-of-template problems (``OOT_SETS``)."""
     import numpy as np
 
     problems = [GENERATORS[task](i, seed) for i in range(n)]
@@ -147,7 +155,7 @@ def measure(model, n: int = 200, samples: int = 4, seed: int = arithmetic.HELDOU
     rng = np.random.default_rng(0)
     boots = per_problem[rng.integers(0, n, size=(2000, n))].mean(axis=1)
     lo, hi = np.percentile(boots, [2.5, 97.5])
-    oot = oot_accuracy(model, batch_size, progress) if task == "arithmetic" else None
+    oot = oot_accuracy(model, task, batch_size=batch_size, progress=progress) if task in OOT_SETS else None
     return Behaviour(
         n=n,
         samples_per_problem=samples,

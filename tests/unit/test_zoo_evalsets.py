@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
-from probes.zoo.evalsets import load_eval_set
-from probes.zoo.tasks import arithmetic, refusal
+from probes.zoo.evalsets import EVAL_DIR, load_eval_set
+from probes.zoo.tasks import arithmetic, ledger, refusal
 
 
 def test_shipped_sets_parse_and_are_out_of_template():
@@ -22,6 +23,33 @@ def test_shipped_sets_parse_and_are_out_of_template():
     for r in requests:
         act = r.prompt[r.prompt.index(r.verb + " "):].split("?")[0].split(".")[0]
         assert r.prompt.replace(act, "{a}") not in templates, r.prompt
+
+
+def test_shipped_ledger_set_parses_and_no_sentence_is_a_generator_template():
+    items = load_eval_set("ledger_oot")
+    assert len(items) >= 40 and {it.days for it in items} == set(ledger.DAYS)
+    templates = ledger.OPEN + ledger.PRICE + ledger.RENT + ledger.SALES + ledger.QUESTION
+    patterns = [re.compile(".+".join(re.escape(part) for part in re.split(r"\{\w+\}", t))) for t in templates]
+    for it in items:
+        for sentence in re.split(r"(?<=[.?!])\s+", it.prompt):
+            assert not any(p.fullmatch(sentence) for p in patterns), (it.id, sentence)
+
+
+def test_a_wrong_ledger_gold_names_the_file_and_line(tmp_path):
+    rows = (EVAL_DIR / "ledger_oot.jsonl").read_text(encoding="utf-8").splitlines()
+    bad = json.loads(rows[2])
+    bad["gold"] = str(int(bad["gold"]) + 1)
+    path = _write(tmp_path, rows[:2] + [json.dumps(bad)])
+    with pytest.raises(ValueError, match=r"set\.jsonl line 3: gold .* but base, tax, rent and sales give") as e:
+        load_eval_set("ledger_oot", path)
+    assert "git checkout" in str(e.value)
+    good = json.loads(rows[0])
+    for change, match in [({"tax": 7}, "tax 7 is outside"), ({"sales": good["sales"][:2]}, "days 2 is outside"),
+                          ({"prompt": good["prompt"] + " It costs 1 coin to enter."}, "prompt's numbers")]:
+        load_eval_set.cache_clear()
+        with pytest.raises(ValueError, match=match):
+            load_eval_set("ledger_oot", _write(tmp_path, [json.dumps({**good, **change})]))
+    load_eval_set.cache_clear()
 
 
 def _write(tmp_path, rows):
