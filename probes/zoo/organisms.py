@@ -45,7 +45,7 @@ class Organism:
 
 
 ORGANISMS = {
-    "reasoner": Organism(name="reasoner", config=TrainConfig(arch="dense")),
+    "reasoner": Organism(name="reasoner", config=TrainConfig(arch="dense", steps=1000)),
     "moe-reasoner": Organism(name="moe-reasoner", config=TrainConfig(arch="moe", steps=900)),
     "refusal-reasoner": Organism(name="refusal-reasoner",
                                  config=TrainConfig(arch="dense", task="refusal", steps=REFUSAL_STEPS)),

@@ -27,8 +27,9 @@ def test_anchor_sentences_outrank_filler(reasoner, tmp_path):
     cats = summary["category_cf_kl"]
     restating = [cats[c]["mean"] for c in ("problem_setup", "final_answer_emission") if c in cats]
     assert summary["anchor_mean_cf_kl"] > 0.1
-    assert all(summary["anchor_mean_cf_kl"] > 5 * r for r in restating)
-    assert cats["plan_generation"]["mean"] > max(restating)
+    assert all(summary["anchor_mean_cf_kl"] > r for r in restating)
+    # the plan decides every later computation (zoo v2 measured 3.8 against 0.26 for the setup)
+    assert all(cats["plan_generation"]["mean"] > 5 * r for r in restating)
     # the white-box scores exist for every sentence that has enough later context
     for t in tables.values():
         assert np.isfinite(t["suppression_outgoing"][:-1]).all()
