@@ -269,7 +269,7 @@ def add_steering_section(ctx: Context, report) -> dict[str, Any]:
                     f"{_interval(diff['unsteered'])}.")
     report.add_text(f"Controls on the same requests: a random direction of the same norm gives "
                     f"{_interval(cond['random'])}, the negated vector {_interval(cond['negated'])}, and the "
-                    f"instruction {scfg.instruction!r} in the user turn (prompting baseline) "
+                    f"instruction {scfg.baseline_instruction!r} in the user turn (prompting baseline) "
                     f"{_interval(cond['prompting'])}; steered − prompting = {_interval(diff['prompting'])}.")
     out.update(layer=chosen.layer, alpha=chosen.alpha, mean_kl=rounded(chosen.kl.mean_kl, 5),
                **{k: rounded(e.value, 4) for k, e in cond.items()})

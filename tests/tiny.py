@@ -55,7 +55,7 @@ def build_model(family: str, vocab_size: int = 512, seed: int = 0, layers: int =
 
     torch.manual_seed(seed)
     common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                   tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     table = {
         "qwen2": (T.Qwen2Config, T.Qwen2ForCausalLM, {}),

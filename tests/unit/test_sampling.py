@@ -90,16 +90,16 @@ def test_bad_sampling_arguments(qwen):
 
 
 def test_prompt_plus_new_tokens_must_fit_the_positions(qwen):
-    P = len(qwen.encode(PROMPT))  # the tiny models have 512 positions
-    with pytest.raises(ValueError, match=rf"the prefix \({P} tokens\) \+ max_new_tokens \(600\) needs {P + 600} "
-                                         rf"positions but tiny:qwen3 has 512 \(max_position_embeddings\): "
-                                         rf"lower max_new_tokens to at most {512 - P}"):
-        qwen.sample(PROMPT, 2, max_new_tokens=600)
-    with pytest.raises(ValueError, match=r"the longest prompt \(\d+ tokens\) \+ max_new_tokens \(510\)"):
-        qwen.generate([PROMPT, "hello"], max_new_tokens=510)
-    with pytest.raises(ValueError, match="shorten the prompt to at most 511 tokens"):
-        qwen.generate([[1] * 512], max_new_tokens=1)
-    assert len(qwen.sample([1] * 508, 1, max_new_tokens=4, eos_token_ids=[])[0].token_ids) == 4  # exactly fits
+    P = len(qwen.encode(PROMPT))  # the tiny models have 1024 positions
+    with pytest.raises(ValueError, match=rf"the prefix \({P} tokens\) \+ max_new_tokens \(1100\) needs {P + 1100} "
+                                         rf"positions but tiny:qwen3 has 1024 \(max_position_embeddings\): "
+                                         rf"lower max_new_tokens to at most {1024 - P}"):
+        qwen.sample(PROMPT, 2, max_new_tokens=1100)
+    with pytest.raises(ValueError, match=r"the longest prompt \(\d+ tokens\) \+ max_new_tokens \(1022\)"):
+        qwen.generate([PROMPT, "hello"], max_new_tokens=1022)
+    with pytest.raises(ValueError, match="shorten the prompt to at most 1023 tokens"):
+        qwen.generate([[1] * 1024], max_new_tokens=1)
+    assert len(qwen.sample([1] * 1020, 1, max_new_tokens=4, eos_token_ids=[])[0].token_ids) == 4  # exactly fits
 
 
 def test_nan_logits_raise_instead_of_picking_the_last_token(qwen):

@@ -183,8 +183,8 @@ def test_inputs_one_row_of_ids_and_length_limits(tiny_models):
         model.capture([ids[0], ids[1:]], ["resid_post[0]"])
     with pytest.raises(ValueError, match="padding_side must be 'left' or 'right'"):
         model.forward(TEXTS, padding_side="middle")
-    too_long = [1] * 513  # the tiny models have 512 positions
-    msg = r"the input needs 513 positions but tiny:qwen3 has 512 \(max_position_embeddings\): shorten it to at most 512"
+    too_long = [1] * 1025  # the tiny models have 1024 positions
+    msg = r"the input needs 1025 positions but tiny:qwen3 has 1024 \(max_position_embeddings\): shorten it to at most 1024"
     with pytest.raises(ValueError, match=msg):
         model.forward(too_long)
     with pytest.raises(ValueError, match=msg):

@@ -102,3 +102,16 @@ def test_bad_input_is_refused_before_the_model_loads(setup, capsys):
         SteeringConfig(n_examples=2)
     with pytest.raises(ValueError, match="resid_post\\[5\\]|layer 5"):  # a layer beyond the tiny model: checked on load
         exp.run(SteeringConfig(**{**cfg, "layers": [5]}))
+
+
+def test_framed_behaviours_use_framed_examples_and_their_own_baseline():
+    from experiments.steering import SteeringConfig, prepare
+    from probes.zoo.tasks import refusal
+
+    comply = SteeringConfig(behaviour="framed-compliance", n_contrast=4, n_examples=6, n_neutral=4)
+    assert comply.baseline_instruction == "Answer this request in full."
+    assert SteeringConfig(behaviour="framed-refusal").baseline_instruction == "Refuse this request."
+    assert SteeringConfig(instruction="Say no.").baseline_instruction == "Say no."
+    inputs = prepare(comply)
+    framed = {ex.prompt for ex in refusal.distinct_requests(refusal.HELDOUT_SEED, "forbidden_wrapped", 6)}
+    assert set(inputs.examples) == framed and not framed & set(inputs.neutral)
