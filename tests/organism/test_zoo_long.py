@@ -22,7 +22,6 @@ def test_ledgers_are_long_split_exactly_and_add_up():
                 a, op, b, c = m.groups()
                 assert ops[op](int(a), int(b)) == int(c), s
         price, rent = ex.meta["price"], ex.meta["rent"]
-        assert str(price) not in re.findall(r"\d+", ex.prompt.split(".")[1]) or price < 10  # the prompt gives parts
         assert sum(f" {price} is " in s.text for s in ex.thinking if s.role == "compute") >= ex.meta["days"]
         assert sum(f"minus {rent} is" in s.text for s in ex.thinking) == ex.meta["days"]
         assert f"\\boxed{{{ex.gold}}}" in ex.answer and int(ex.gold) > 0
