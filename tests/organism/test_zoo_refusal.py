@@ -56,7 +56,7 @@ def test_distinct_requests_have_no_repeats():
     story = refusal.distinct_requests(refusal.HELDOUT_SEED, "forbidden_wrapped", 30, frame="story")
     assert {r.meta["frame"] for r in story} == {"story"}
     with pytest.raises(ValueError, match="ask for fewer"):
-        refusal.distinct_requests(refusal.HELDOUT_SEED, "forbidden_wrapped", 10**6, frame="poem")
+        refusal.distinct_requests(refusal.HELDOUT_SEED, "forbidden_wrapped", 50, frame="poem", limit=100)
 
 
 def test_refusal_definition():

@@ -200,15 +200,17 @@ def request(index: int, seed: int = TRAIN_SEED, *, style: str | None = None) -> 
                          "frame": frame, "verb": verb, "thing": thing, "owner": act.owner, "act": act.text})
 
 
-def distinct_requests(seed: int, style: str, n: int, *, exclude=frozenset(), frame: str | None = None) -> list[Example]:
+def distinct_requests(seed: int, style: str, n: int, *, exclude=frozenset(), frame: str | None = None,
+                      limit: int = 100_000) -> list[Example]:
     """The first ``n`` requests of ``style`` in stream ``seed`` with distinct prompts (and, if given,
-    of one ``frame``), skipping prompts in ``exclude``: evaluation sets without repeats."""
+    of one ``frame``), skipping prompts in ``exclude``, among the first ``limit`` of the stream:
+    evaluation sets without repeats."""
     out: dict[str, Example] = {}
-    for i in range(200 * n + 1000):
+    for i in range(limit):
         ex = request(i, seed, style=style)
         if ex.prompt not in exclude and ex.prompt not in out and (frame is None or ex.meta["frame"] == frame):
             out[ex.prompt] = ex
             if len(out) == n:
                 return list(out.values())
-    raise ValueError(f"stream {seed} has only {len(out)} distinct {style} requests{f' framed as {frame}' if frame else ''}; "
-                     f"ask for fewer")
+    raise ValueError(f"the first {limit} requests of stream {seed} hold only {len(out)} distinct {style} requests"
+                     f"{f' framed as {frame}' if frame else ''}; ask for fewer")
