@@ -111,13 +111,14 @@ def ipython_shell():
 
 
 def _shown(fig, png=None) -> tuple[list[dict], list[str]]:
-    """The raw bundles `show_figure` displays, and the warnings it gives."""
+    """The raw bundles `show_figure` displays, and the warnings it gives (its own are RuntimeWarnings;
+    a ResourceWarning from an earlier test's garbage collection may land here and is not its)."""
     from IPython.utils.capture import capture_output
 
     with capture_output() as cap, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         show_figure(fig, png)
-    return [o.data for o in cap.outputs], [str(w.message) for w in caught]
+    return [o.data for o in cap.outputs], [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
 
 
 @pytest.mark.usefixtures("ipython_shell")
