@@ -22,7 +22,6 @@ TASK = "ledger"
 TRAIN_SEED = 0
 HELDOUT_SEED = 1
 DAYS = (3, 4, 5, 6, 7)
-BROADCAST_ROLES = ("price", "rent")
 
 OPEN = ("{n} sells {o} at a market stall for {d} days.", "For {d} days, {n} runs a market stall selling {o}.",
         "{n} has a stall at the market and sells {o} on {d} days.")
