@@ -1,0 +1,2 @@
+"""Linear refusal probes, the refusal cliff, suppression heads and the refusal direction
+(``../shared/reference/refusal.md``; issue #12)."""
