@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Accuracy", "Estimate", "accuracy", "bootstrap_ci", "paired_difference_ci"]
+__all__ = ["Accuracy", "Estimate", "accuracy", "auroc", "bootstrap_ci", "paired_difference_ci"]
 
 # Resample in blocks of about this many values, so memory stays small for long inputs.
 _BLOCK_VALUES = 2_000_000
@@ -105,3 +105,38 @@ def paired_difference_ci(
         raise ValueError(f"a and b must be paired item by item: got {x.size} and {y.size} values")
     value, lo, hi = bootstrap_ci(x - y, np.mean, n_boot=n_boot, alpha=alpha, seed=seed)
     return Estimate(value, lo, hi, int(x.size))
+
+
+def _auroc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """P(score of a positive > score of a negative), ties counted half (Mann–Whitney U / (n⁺ n⁻))."""
+    both = np.concatenate([pos, neg])
+    order = both.argsort(kind="stable")
+    ranks = np.empty(both.size)
+    sorted_vals = both[order]
+    # average ranks over ties
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_vals)) + 1]
+    ends = np.r_[starts[1:], both.size]
+    for a, b in zip(starts, ends):
+        ranks[order[a:b]] = (a + b + 1) / 2
+    u = ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2
+    return float(u / (pos.size * neg.size))
+
+
+def auroc(
+    scores: Sequence[float] | np.ndarray, labels: Sequence[bool] | np.ndarray, n_boot: int = 2_000,
+    alpha: float = 0.05, seed: int = 0,
+) -> Estimate:
+    """Area under the ROC curve of ``scores`` for ``labels`` (1 = positive) with a percentile-bootstrap
+    (1 − alpha) CI that resamples within each class, so every resample has both classes."""
+    x = _as_values(scores, "scores")
+    y = np.asarray(labels)
+    if y.shape != x.shape or not np.isin(y, (0, 1)).all():
+        raise ValueError(f"labels must be one 0/1 flag per score: got shape {y.shape} for {x.size} scores")
+    pos, neg = x[y == 1], x[y == 0]
+    if pos.size == 0 or neg.size == 0:
+        raise ValueError(f"AUROC needs both classes: got {pos.size} positive and {neg.size} negative items")
+    rng = np.random.default_rng(seed)
+    boot = [_auroc(pos[rng.integers(0, pos.size, pos.size)], neg[rng.integers(0, neg.size, neg.size)])
+            for _ in range(n_boot)]
+    lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
+    return Estimate(_auroc(pos, neg), float(lo), float(hi), int(x.size))

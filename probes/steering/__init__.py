@@ -36,6 +36,7 @@ _EXPORTS = {
     "contrast_vector": "directions",
     "optimise_vector": "directions",
     "probe_vector": "directions",
+    "read_activations": "directions",
     "read_contrast": "directions",
     "target_nll": "directions",
     "RESIDUAL_SITES": "vector",

@@ -66,6 +66,7 @@ __all__ = [
     "contrast_vector",
     "optimise_vector",
     "probe_vector",
+    "read_activations",
     "read_contrast",
     "target_nll",
 ]
@@ -284,21 +285,42 @@ def _check_site(site: str) -> None:
         raise ValueError(f"steering directions are read at a residual-width site, one of {', '.join(RESIDUAL_SITES)}; got {site!r}")
 
 
-def _read(model, inputs, layers: list[int], site: str, read: ReadPosition, batch_size: int, progress: bool,
-          desc: str) -> dict[int, torch.Tensor]:
-    sites = [f"{site}[{L}]" for L in layers]
-    out: dict[int, list[torch.Tensor]] = {L: [] for L in layers}
+def read_activations(
+    model,
+    inputs: Sequence[Text],
+    sites: Sequence[str],
+    *,
+    read: ReadPosition | None = None,
+    batch_size: int = 16,
+    progress: bool = False,
+    desc: str = "reading",
+) -> dict[str, torch.Tensor]:
+    """Site → (n_inputs, d) float64: each input read at each of ``sites`` (one forward per batch,
+    stopped after the last layer needed) and reduced by ``read`` (default ``LastToken()``), the
+    mean over the positions it selects."""
+    read = LastToken() if read is None else read
+    inputs = [_row(x, f"input {i}") for i, x in enumerate(inputs)]
+    if not inputs:
+        raise ValueError("no inputs to read: give at least one text or id row")
+    out: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
     for start in tqdm(range(0, len(inputs), batch_size), desc=desc, disable=not progress):
-        cap = model.capture(list(inputs[start:start + batch_size]), sites)
+        cap = model.capture(inputs[start:start + batch_size], list(sites))
         mask = cap.attention_mask if cap.attention_mask is not None else torch.ones_like(cap.input_ids)
         for b in range(cap.input_ids.shape[0]):
             cols = mask[b].nonzero().squeeze(-1)  # column of each absolute position of the row
             ids = cap.input_ids[b, cols].tolist()
             pos = _check_positions(read(ids, model), len(ids), read)
             take = cols[torch.tensor(pos, device=cols.device)]
-            for L, s in zip(layers, sites):
-                out[L].append(cap[s][b, take].double().mean(0).cpu())
-    return {L: torch.stack(rows) for L, rows in out.items()}
+            for s in sites:
+                out[s].append(cap[s][b, take].double().mean(0).cpu())
+    return {s: torch.stack(rows) for s, rows in out.items()}
+
+
+def _read(model, inputs, layers: list[int], site: str, read: ReadPosition, batch_size: int, progress: bool,
+          desc: str) -> dict[int, torch.Tensor]:
+    got = read_activations(model, inputs, [f"{site}[{L}]" for L in layers], read=read, batch_size=batch_size,
+                           progress=progress, desc=desc)
+    return {L: got[f"{site}[{L}]"] for L in layers}
 
 
 def read_contrast(
