@@ -11,7 +11,8 @@ HF ``hidden_states[L]``) at the **last token before the answer** (``LastToken()`
 (stratified), seed 42; ``AdamBCE`` — an ``nn.Linear(d, 1)`` trained with BCE-with-logits by Adam
 (lr 1e-3, batch 64, 5 epochs) keeping the best-validation epoch. Any residual site, read-position
 rule (``SpanMean``, ``TokenIndex``, ``ThinkingMean`` from ``probes.steering``) or fitting strategy
-(``SklearnLogistic``) can be passed instead. ``layer_sweep`` fits one probe per hidden state from a
+(``SklearnLogistic``) can be passed instead, and several rules at once (one example per rule and
+text). ``layer_sweep`` fits one probe per hidden state from a
 single read (A1: R1-8B's sweep 0…L); ``hidden_state_site`` maps HF ``hidden_states`` indices to sites.
 
 Features are read by ``probes.steering.read_activations``, the one activation reader, in float64.
@@ -279,32 +280,55 @@ def _check_classes(positive: Sequence[str], negative: Sequence[str]) -> None:
                          "texts (if every rollout got one label, add prompts of the other kind)")
 
 
+def _reads(read) -> list:
+    if read is None:
+        return [LastToken()]
+    reads = list(read) if isinstance(read, (list, tuple)) else [read]
+    if not reads:
+        raise ValueError("read is an empty list of read-position rules: give at least one, e.g. LastToken()")
+    return reads
+
+
+def _class_features(model, positive, negative, sites, read, batch_size, progress):
+    """Site → (refusal features, non-refusal features); with several read rules each text gives one
+    example per rule (stacked rule by rule)."""
+    n, texts = len(positive), list(positive) + list(negative)
+    per_rule = [read_activations(model, texts, sites, read=r, batch_size=batch_size, progress=progress,
+                                 desc=f"features {r!r}") for r in _reads(read)]
+    return {s: (torch.cat([f[s][:n] for f in per_rule]), torch.cat([f[s][n:] for f in per_rule])) for s in sites}
+
+
+def _read_name(read) -> str:
+    reads = _reads(read)
+    return repr(reads[0]) if len(reads) == 1 else repr(reads)
+
+
 def train_probe(model, positive: Sequence[str], negative: Sequence[str], *, site: str = "final_norm",
-                read: ReadPosition | None = None, batch_size: int = 8, progress: bool = False, **kw) -> Probe:
+                read: ReadPosition | Sequence[ReadPosition] | None = None, batch_size: int = 8,
+                progress: bool = False, **kw) -> Probe:
     """Read the refusal-class texts (``positive``: e.g. rollouts' ``probe_text`` on harmful prompts that
-    refused) and the non-refusal texts at ``site`` and fit a probe (``fit_probe``'s options in ``kw``)."""
+    refused) and the non-refusal texts at ``site`` and fit a probe (``fit_probe``'s options in ``kw``).
+
+    ``read`` is one read-position rule (default ``LastToken()``) or several, e.g. ``[ThinkingMean(),
+    LastToken()]``: each text then gives one example per rule, so the probe reads refusal intent both
+    across the thinking and before the answer (the two views of one text may fall in different splits)."""
     _check_classes(positive, negative)
-    read = LastToken() if read is None else read
-    feats = read_activations(model, list(positive) + list(negative), [site], read=read, batch_size=batch_size,
-                             progress=progress, desc=f"features {site}")[site]
-    n = len(positive)
-    return fit_probe(feats[:n], feats[n:], site=site, read_position=repr(read), model_spec=model.spec,
+    pos, neg = _class_features(model, positive, negative, [site], read, batch_size, progress)[site]
+    return fit_probe(pos, neg, site=site, read_position=_read_name(read), model_spec=model.spec,
                      weights_hash=model.weights_hash, data_hash=_data_hash(positive, negative), **kw)
 
 
 def layer_sweep(model, positive: Sequence[str], negative: Sequence[str], *, sites: Sequence[str] | None = None,
-                read: ReadPosition | None = None, batch_size: int = 8, progress: bool = False,
-                **kw) -> dict[str, Probe]:
+                read: ReadPosition | Sequence[ReadPosition] | None = None, batch_size: int = 8,
+                progress: bool = False, **kw) -> dict[str, Probe]:
     """Site → probe for each of ``sites`` (default: every hidden state, ``embed`` … ``final_norm``), all
-    read in one pass per batch; compare them by ``probe.metrics["val_accuracy"]`` (A1 layer sweep)."""
+    read in one pass per batch and read rule; compare them by ``probe.metrics["val_accuracy"]`` (A1 layer sweep)."""
     _check_classes(positive, negative)
     sites = [hidden_state_site(model, i) for i in range(model.n_layers + 1)] if sites is None else list(sites)
-    read = LastToken() if read is None else read
-    feats = read_activations(model, list(positive) + list(negative), sites, read=read, batch_size=batch_size,
-                             progress=progress, desc="features")
-    n, dh = len(positive), _data_hash(positive, negative)
-    return {s: fit_probe(f[:n], f[n:], site=s, read_position=repr(read), model_spec=model.spec,
-                         weights_hash=model.weights_hash, data_hash=dh, **kw) for s, f in feats.items()}
+    feats = _class_features(model, positive, negative, sites, read, batch_size, progress)
+    dh = _data_hash(positive, negative)
+    return {s: fit_probe(p, n, site=s, read_position=_read_name(read), model_spec=model.spec,
+                         weights_hash=model.weights_hash, data_hash=dh, **kw) for s, (p, n) in feats.items()}
 
 
 # ----- evaluation --------------------------------------------------------------------------------------

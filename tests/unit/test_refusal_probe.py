@@ -20,6 +20,7 @@ from probes.refusal.probe import (
     train_probe,
 )
 from probes.refusal.rollouts import RefusalRollout, load_rollouts, rollouts, save_rollouts, unclosed
+from probes.steering.directions import LastToken, SpanMean
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def features():
 
 def _train_rows(pos, neg, seed=42):
     s = balanced_split(len(pos), len(neg), seed=seed)
-    (ip, ineg), (vp, vn) = s["train"], s["val"]
+    ip, ineg = s["train"]
     x = np.r_[pos.numpy()[ip], neg.numpy()[ineg]]
     y = np.r_[np.ones(len(ip)), np.zeros(len(ineg))]
     return x, y
@@ -134,7 +135,7 @@ def test_rollout_regions_and_probe_text():
     open_ = _rollout("p", "thinking without end")
     assert not open_.closed and open_.answer is None and unclosed([r, open_]) == 1
     with pytest.raises(ValueError, match="never closes"):
-        open_.probe_text
+        _ = open_.probe_text
 
 
 def test_rollouts_on_a_tiny_model(tiny_models, tmp_path):
@@ -179,3 +180,8 @@ def test_train_probe_and_layer_sweep_on_a_tiny_model(tiny_models):
         hidden_state_site(m, 3)
     with pytest.raises(ValueError, match="both classes"):
         train_probe(m, pos, [])
+    two = train_probe(m, pos, neg, fit=SklearnLogistic(), read=[SpanMean(), LastToken()])
+    assert two.read_position == "[SpanMean(start=0, end=None), LastToken()]"
+    assert two.metrics["n_train"] + two.metrics["n_val"] == 2 * (p.metrics["n_train"] + p.metrics["n_val"])
+    with pytest.raises(ValueError, match="empty list"):
+        train_probe(m, pos, neg, read=[])
