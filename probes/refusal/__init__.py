@@ -1,2 +1,48 @@
 """Linear refusal probes, the refusal cliff, suppression heads and the refusal direction
-(``../shared/reference/refusal.md``; issue #12)."""
+(``../shared/reference/refusal.md``; issue #12).
+
+* ``prompts``: one record schema, seeded splits, public sets by name (``probes.zoo.refusal_prompts``
+  adds the zoo's offline sets and resolves every name);
+* ``rollouts``: the model's own rollouts, thinking and answer split at ``</think>`` (A1);
+* ``judges``: keyword, OpenAI-compatible endpoint and local classifier judges of the answer (A5, B4);
+* ``probe``: the linear ``Probe`` (A2), layer sweep, accuracy and AUROC with intervals;
+* ``trajectory``: r_t at every token, the cliff, per-sentence scores, the mean curve (A3);
+* ``truncation``: refusal rate and r_T against the share of thinking kept (A3);
+* ``heads``: direct head attributions onto the probe and norm-preserving head ablation (A4);
+* ``direction``: diff-in-means candidates, ablation, addition, weight orthogonalisation, selection (B).
+
+Names below resolve on first use, so importing this package loads nothing heavy.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_MODULES = {
+    "prompts": ("PUBLIC_SETS", "Loader", "PromptRecord", "PromptSet", "PromptSetUnavailableError", "PublicSet",
+                "load_prompts", "load_public"),
+    "rollouts": ("RefusalRollout", "load_rollouts", "rollouts", "save_rollouts", "unclosed"),
+    "judges": ("ARDITI_REFUSAL_SUBSTRINGS", "ClassifierJudge", "EndpointJudge", "JudgeEndpointError", "Judge",
+               "KeywordJudge", "Verdict", "arditi_unsafe", "refusalcliff_unsafe"),
+    "probe": ("AdamBCE", "Probe", "ProbeEvaluation", "SklearnLogistic", "balanced_split", "evaluate_probe",
+              "fit_probe", "hidden_state_site", "layer_sweep", "probe_features", "train_probe"),
+    "trajectory": ("Trajectory", "mean_curve", "sentence_curve", "trajectories"),
+    "truncation": ("TruncationPoint", "thinking_truncation", "truncated_text"),
+    "direction": ("AllCandidatesFilteredError", "CandidateScores", "DirectionSelection", "RefusalCandidates",
+                  "activation_addition", "candidate_directions", "directional_ablation", "orthogonalize_weights",
+                  "post_instruction_positions", "refusal_score", "refusal_scores", "score_candidates",
+                  "select_direction"),
+}
+_EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"probes.refusal.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'probes.refusal' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__
