@@ -104,6 +104,8 @@ class SteeringConfig(ExperimentConfig):
             raise ValueError(f"n_examples must be >= 4 (at least 2 dev and 2 test examples), got {self.n_examples}")
         if not math.isfinite(self.kl_threshold) or self.kl_threshold < 0:
             raise ValueError(f"kl_threshold must be a finite number >= 0, got {self.kl_threshold!r}")
+        if self.seed < 0 or self.n_boot < 1:
+            raise ValueError("seed must be >= 0 and n_boot >= 1")
         if self.instruction and not self.instruction.strip():
             raise ValueError("instruction is blank: give the prompting baseline's instruction, e.g. 'Refuse this "
                              "request.', or leave it empty for the behaviour's own")
@@ -112,8 +114,6 @@ class SteeringConfig(ExperimentConfig):
     def baseline_instruction(self) -> str:
         """The prompting baseline's instruction: ``instruction``, or the behaviour's own when empty."""
         return self.instruction or INSTRUCTION[self.behaviour]
-        if self.seed < 0 or self.n_boot < 1:
-            raise ValueError("seed must be >= 0 and n_boot >= 1")
 
 
 # ----- inputs: validated before any model is loaded or directory created ------------------------
