@@ -1,0 +1,466 @@
+"""Refusal cliff on a reasoning model: the model's own rollouts, a linear refusal probe, refusal
+trajectories and the cliff, thinking truncation, the refusal direction, and the report
+(reference/refusal.md A1–A3, B; issue #12).
+
+    python -m experiments.refusal_cliff                                # zoo:refusal-reasoner
+    python -m experiments.refusal_cliff --model deepseek-ai/DeepSeek-R1-Distill-Llama-8B \\
+        --harmful-set advbench --harmless-set ultrachat --attack-set wildjailbreak --ood-set jailbreakbench
+    python -m experiments.refusal_cliff --run-dir runs/refusal_cliff/<id>     # resume as configured
+
+Stages: ``collect`` loads the prompt sets (by name: the zoo's offline sets or public ones through
+``datasets``), splits each into probe-training and evaluation prompts, and rolls the model out on
+them (thinking and answer split at ``</think>``; rollouts that never close are counted and left out);
+``probe`` fits the probes — the **reference** probe (A2: the final-norm state at the last token before
+the answer, ``AdamBCE``) and a **thinking** probe (a middle layer, read both as the mean over the
+thinking and at the last token, logistic regression), which reads refusal intent across the thinking of
+small models whose final layer only predicts the next token — on rollouts of harmful prompts that
+were refused vs harmless ones that were answered, runs the reference layer sweep and evaluates each
+probe out of distribution; ``trajectories`` scores every token of every evaluation rollout (r_t,
+r_T, Δ_cliff, its late-window variant, per-sentence scores) per probe and group; ``truncation``
+re-answers attack rollouts with part of their thinking (A3); ``direction`` reads diff-in-means
+candidates after the thinking, selects one by B3's filters and measures refusal rates under ablation
+(harmful prompts) and addition at ``</think>`` (harmless prompts); ``report`` draws tables from the
+saved artifacts only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from probes.harness import Context, Experiment, ExperimentConfig, Issue, Stage, main, session_field
+from probes.io import atomic_write_json
+from probes.plots.report import rounded
+
+log = logging.getLogger(__name__)
+
+StageName = Literal["collect", "probe", "trajectories", "truncation", "direction", "report"]
+STAGES: tuple[StageName, ...] = ("collect", "probe", "trajectories", "truncation", "direction", "report")
+GROUPS = ("harmful", "attack", "harmless")
+"""Evaluation groups: plain harmful prompts, attacks (wrapped / jailbreak prompts), harmless prompts."""
+PROBES = ("reference", "thinking")
+ROLLOUTS = "rollouts"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RefusalCliffConfig(ExperimentConfig):
+    """Refusal cliff (reference/refusal.md A1–A3, B): probe refusal intent across the model's own
+    thinking, locate the cliff, truncate the thinking, find and test the refusal direction."""
+
+    model: str = field(default="zoo:refusal-reasoner", metadata={"help": "model spec (zoo:NAME, directory or hub name)"})
+    harmful_set: str = field(default="zoo-forbidden-plain", metadata={"help": "plain harmful prompts (probe refusal class)"})
+    harmless_set: str = field(default="zoo-harmless", metadata={"help": "harmless prompts (probe non-refusal class)"})
+    attack_set: str = field(default="zoo-forbidden-wrapped", metadata={"help": "attacks: wrapped / jailbreak prompts"})
+    ood_set: str = field(default="zoo-oot", metadata={
+        "help": "out-of-distribution probe test set (harmful and harmless records; '' to skip)"})
+    n_train: int = field(default=100, metadata={"help": "probe-training prompts per class"})
+    n_eval: int = field(default=60, metadata={"help": "evaluation prompts per group"})
+    temperature: float = field(default=0.7, metadata={"help": "sampling temperature of the rollouts (A1: 0.7)"})
+    max_new_tokens: int = field(default=256, metadata={"help": "rollout budget (thinking + answer)"})
+    system: str = field(default="", metadata={"help": "system prompt ('': none; A1 uses 'You are a helpful assistant.')"})
+    refusal_phrases: Literal["auto", "arditi", "zoo"] = field(default="auto", metadata={
+        "help": "keyword judge: arditi (B4 substrings), zoo (the organism's openings), auto (zoo for zoo models)"})
+    thinking_site: str = field(default="", metadata={
+        "help": "site of the thinking probe ('': the middle layer's resid_post)"})
+    truncation_fractions: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0], metadata={
+        "help": "shares of the thinking kept (A3)"})
+    truncation_unit: Literal["chars", "sentences"] = field(default="sentences", metadata={
+        "help": "truncate by characters (the reference) or whole sentences"})
+    direction_positions: list[int] = field(default_factory=lambda: [-3, -2, -1], metadata={
+        "help": "positions (from the end of prompt + thinking + </think>) of the direction candidates"})
+    seed: int = field(default=0, metadata={"help": "seed of the splits, rollouts and bootstrap"})
+    stages: list[StageName] = session_field(default_factory=lambda: list(STAGES), help="stages to run, in order")
+    batch_size: int = session_field(16, help="prompts per forward / generation batch")
+
+    def __post_init__(self):
+        if self.n_train < 4 or self.n_eval < 2:
+            raise ValueError(f"n_train must be >= 4 and n_eval >= 2 (got {self.n_train}, {self.n_eval})")
+        if not 0 <= self.temperature <= 2:
+            raise ValueError(f"temperature must be in [0, 2], got {self.temperature}")
+        if self.max_new_tokens < 1 or self.batch_size < 1 or self.seed < 0:
+            raise ValueError("max_new_tokens and batch_size must be >= 1 and seed >= 0")
+        if not self.truncation_fractions or any(not 0 <= f <= 1 for f in self.truncation_fractions):
+            raise ValueError(f"truncation_fractions must be shares in [0, 1], got {self.truncation_fractions}")
+        if not self.direction_positions or any(p >= 0 for p in self.direction_positions):
+            raise ValueError(f"direction_positions must be negative (from the end), got {self.direction_positions}")
+        for name in ("harmful_set", "harmless_set", "attack_set"):
+            if not getattr(self, name).strip():
+                raise ValueError(f"{name} is empty: name a prompt set (e.g. zoo-harmless, advbench)")
+
+
+# ----- inputs: validated before any model is loaded or directory created ------------------------
+@dataclass(frozen=True)
+class Inputs:
+    """Prompt texts: probe training (per class), evaluation (per group), and the OOD set with labels."""
+
+    train: dict[str, list[str]]
+    eval: dict[str, list[str]]
+    ood: list[str]
+    ood_labels: list[bool]
+
+
+def prepare(cfg: RefusalCliffConfig) -> Inputs:
+    """Load and split the prompt sets (an unknown or unreachable set fails here, naming the offline ones)."""
+    from probes.zoo.refusal_prompts import load_prompts
+
+    sets = {"harmful": cfg.harmful_set, "attack": cfg.attack_set, "harmless": cfg.harmless_set}
+    train, evals = {}, {}
+    for group, name in sets.items():
+        need = cfg.n_eval + (cfg.n_train if group != "attack" else 0)
+        ps = load_prompts(name, n=need)
+        if len(ps) < need:
+            raise ValueError(f"{name} has {len(ps)} prompts, {need} are needed: lower --n-train / --n-eval")
+        parts = ps.split({"train": need - cfg.n_eval, "eval": cfg.n_eval} if group != "attack" else {"eval": cfg.n_eval},
+                         seed=cfg.seed)
+        evals[group] = list(parts["eval"].prompts)
+        if group != "attack":
+            train[group] = list(parts["train"].prompts)
+    ood, labels = [], []
+    if cfg.ood_set:
+        ps = load_prompts(cfg.ood_set)
+        if ps.labels.all() or not ps.labels.any():
+            raise ValueError(f"{cfg.ood_set} holds one class only: the OOD test needs harmful and harmless prompts")
+        ood, labels = list(ps.prompts), [bool(x) for x in ps.labels]
+    return Inputs(train, evals, ood, labels)
+
+
+def load_model(cfg: RefusalCliffConfig):
+    from probes.models.load import load_model
+
+    return load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+
+
+def judge_for(cfg: RefusalCliffConfig):
+    """The keyword judge of the answers (B4 substrings, or the zoo organism's openings)."""
+    from probes.refusal.judges import KeywordJudge
+
+    zoo = cfg.refusal_phrases == "zoo" or (cfg.refusal_phrases == "auto" and cfg.model.startswith("zoo:"))
+    if zoo:
+        from probes.zoo.tasks.refusal import REFUSAL_MARKERS
+
+        return KeywordJudge(phrases=REFUSAL_MARKERS, window=60, ignore_case=False)
+    return KeywordJudge()
+
+
+def refused(judge, items) -> list[bool]:
+    """The judge's refusal verdict on each closed rollout's answer."""
+    return [v.refused for v in judge([r.answer for r in items])]
+
+
+def _rollouts_path(ctx: Context, name: str) -> Path:
+    return ctx.run.path / ROLLOUTS / f"{name}.jsonl"
+
+
+def _load(ctx: Context, name: str):
+    from probes.refusal.rollouts import load_rollouts
+
+    return load_rollouts(_rollouts_path(ctx, name))
+
+
+# ----- stages --------------------------------------------------------------------------------------
+def stage_collect(ctx: Context) -> None:
+    """Rollouts of every prompt list (one unit per list)."""
+    from probes.refusal.rollouts import rollouts, save_rollouts, unclosed
+
+    cfg, inp = ctx.cfg, ctx.inputs
+    lists = {f"train_{k}": v for k, v in inp.train.items()} | {f"eval_{k}": v for k, v in inp.eval.items()}
+    if inp.ood:
+        lists["ood"] = inp.ood
+    for i, (name, prompts) in enumerate(lists.items()):
+        if ctx.done("collect", name):
+            continue
+        items = rollouts(ctx.model, prompts, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                         system=cfg.system or None, seed=cfg.seed + 1_000_000 * i, batch_size=cfg.batch_size)
+        save_rollouts(_rollouts_path(ctx, name), items)
+        ctx.mark("collect", name, n=len(items), unclosed=unclosed(items))
+
+
+def thinking_site(cfg: RefusalCliffConfig, model) -> str:
+    return cfg.thinking_site or f"resid_post[{max(model.n_layers // 2 - 1, 0)}]"
+
+
+def stage_probe(ctx: Context) -> None:
+    """The reference and thinking probes, the layer sweep and the OOD evaluation."""
+    from probes.refusal.probe import SklearnLogistic, evaluate_probe, layer_sweep, probe_features, train_probe
+    from probes.steering.directions import LastToken, ThinkingMean
+
+    cfg, model, judge = ctx.cfg, ctx.model, judge_for(ctx.cfg)
+    if ctx.done("probe"):
+        return
+    harm = [r for r in _load(ctx, "train_harmful") if r.closed]
+    safe = [r for r in _load(ctx, "train_harmless") if r.closed]
+    pos = [r.probe_text for r, f in zip(harm, refused(judge, harm)) if f]
+    neg = [r.probe_text for r, f in zip(safe, refused(judge, safe)) if not f]
+    if len(pos) < 2 or len(neg) < 2:
+        raise ValueError(f"{len(pos)} harmful rollouts refused and {len(neg)} harmless ones were answered: a probe "
+                         "needs both classes (check the model's template and the judge's phrases)")
+    kinds = {"reference": dict(),
+             "thinking": dict(site=thinking_site(cfg, model), read=[ThinkingMean(), LastToken()],
+                              fit=SklearnLogistic(C=0.1))}
+    ood = [r for r in _load(ctx, "ood")] if ctx.inputs.ood else []
+    labels = [y for r, y in zip(ood, ctx.inputs.ood_labels) if r.closed]
+    ood = [r for r in ood if r.closed]
+    out: dict[str, Any] = {"n_refusal": len(pos), "n_non_refusal": len(neg)}
+    for kind, kw in kinds.items():
+        probe = train_probe(model, pos, neg, batch_size=cfg.batch_size, seed=42, **kw)
+        probe.save(ctx.run.path / "probe" / kind)
+        row = {"site": probe.site, "read": probe.read_position, "fit": probe.fit, **probe.metrics}
+        if ood:
+            f = probe_features(model, [r.probe_text for r in ood], probe.site, batch_size=cfg.batch_size)
+            y = np.array(labels)
+            ev = evaluate_probe(probe, f[y], f[~y], seed=cfg.seed)
+            row["ood"] = {"accuracy": _est(ev.accuracy), "auroc": _est(ev.auroc), "n": len(y)}
+        out[kind] = row
+    sweep = layer_sweep(model, pos, neg, batch_size=cfg.batch_size)
+    out["sweep"] = {s: p.metrics["val_accuracy"] for s, p in sweep.items()}
+    atomic_write_json(ctx.run.path / "probe" / "summary.json", out)
+
+
+def _est(e) -> dict[str, float]:
+    return {"value": float(e.value), "lo": float(e.lo), "hi": float(e.hi)}
+
+
+def stage_trajectories(ctx: Context) -> None:
+    """Per probe and group: r_T, Δ_cliff, late-window Δ, per-sentence scores and the mean curves."""
+    from probes.refusal.probe import Probe
+    from probes.refusal.trajectory import mean_curve, sentence_curve, trajectories
+
+    cfg, model, judge = ctx.cfg, ctx.model, judge_for(ctx.cfg)
+    for kind in PROBES:
+        probe = Probe.load(ctx.run.path / "probe" / kind)
+        for group in GROUPS:
+            unit = f"{kind}_{group}"
+            if ctx.done("trajectories", unit):
+                continue
+            items = [r for r in _load(ctx, f"eval_{group}") if r.closed]
+            if not items:
+                ctx.notes.append(f"trajectories: no closed rollout in {group}")
+                continue
+            tj = trajectories(model, probe, items, batch_size=cfg.batch_size)
+            n_sent = max(len(t.sentences) for t in tj)
+            texts = next(t.sentence_texts for t in tj if len(t.sentences) == n_sent)
+            atomic_write_json(ctx.run.path / "trajectories" / f"{unit}.json", {
+                "prompt": [r.prompt for r in items], "refused": refused(judge, items),
+                "r_T": [t.r_T for t in tj], "max_thinking": [t.max_thinking for t in tj],
+                "cliff": [t.cliff for t in tj], "late_cliff": [t.late_cliff() for t in tj],
+                "cliff_sentence": [t.cliff_sentence for t in tj],
+                "sentence_scores": [t.sentence_scores.tolist() for t in tj],
+                "last_sentence": [t.sentence_texts[-1] if t.sentences else "" for t in tj],
+                "curve": mean_curve([t.until_answer for t in tj]).tolist(),
+                "curve_zero_padded": mean_curve([t.until_answer for t in tj], padding="zero").tolist(),
+                "sentence_curve": sentence_curve(tj).tolist(), "example_sentences": list(texts)})
+            ctx.mark("trajectories", unit, n=len(tj))
+
+
+def stage_truncation(ctx: Context) -> None:
+    """A3 thinking truncation on the attack rollouts, scored by the thinking probe."""
+    from probes.refusal.probe import Probe
+    from probes.refusal.truncation import thinking_truncation
+
+    cfg = ctx.cfg
+    if ctx.done("truncation"):
+        return
+    probe = Probe.load(ctx.run.path / "probe" / "thinking")
+    items = [r for r in _load(ctx, "eval_attack") if r.closed]
+    pts = thinking_truncation(ctx.model, probe, items, judge_for(cfg), cfg.truncation_fractions,
+                              unit=cfg.truncation_unit, temperature=cfg.temperature, max_new_tokens=64,
+                              seed=cfg.seed, batch_size=cfg.batch_size)
+    atomic_write_json(ctx.run.path / "truncation.json", [
+        {"fraction": p.fraction, "refusal_rate": _est(p.refusal_rate), "r_T": _est(p.r_T), "n": p.refusal_rate.n,
+         "example_answer": p.answers[0]} for p in pts])
+
+
+def refusal_ids(model) -> list[int]:
+    """The first token of a refusal ("I"), as B5's Llama-3 and the zoo use."""
+    return model.encode("I", add_special_tokens=False)[:1]
+
+
+def stage_direction(ctx: Context) -> None:
+    """B2–B3 on texts that end at ``</think>``: candidates, selection, then refusal rates of regenerated
+    answers under ablation (harmful) and addition at ``</think>`` (harmless)."""
+    from probes.evals.stats import accuracy
+    from probes.refusal.direction import DirectionSelection, candidate_directions, select_direction
+
+    cfg, model, judge = ctx.cfg, ctx.model, judge_for(ctx.cfg)
+    path = ctx.run.path / "direction" / "selection"
+    if not ctx.done("direction", "selection"):
+        harm = [r.probe_text for r in _load(ctx, "train_harmful") if r.closed]
+        safe = [r.probe_text for r in _load(ctx, "train_harmless") if r.closed]
+        k = len(harm) // 4
+        cands = candidate_directions(model, harm[k:], safe[len(safe) // 4:], positions=cfg.direction_positions,
+                                     batch_size=cfg.batch_size, progress=True)
+        sel = select_direction(model, cands, harm[:k], safe[:len(safe) // 4], refusal_ids(model),
+                               batch_size=cfg.batch_size, progress=True)
+        sel.save(path)
+        ctx.mark("direction", "selection", position=sel.position, layer=sel.layer)
+    if ctx.done("direction", "rates"):
+        return
+    sel = DirectionSelection.load(path)
+    rows = []
+    for group, condition, ivs in (("harmful", "baseline", ()), ("harmful", "direction ablated", sel.ablation(model)),
+                                  ("harmless", "baseline", ()), ("harmless", "direction added at </think>", None)):
+        items = [r for r in _load(ctx, f"eval_{group}") if r.closed]
+        texts = [r.probe_text for r in items]
+        answers = []
+        step = cfg.batch_size if ivs is not None else 1  # the addition's position differs per text
+        for lo in range(0, len(texts), step):
+            batch = texts[lo:lo + step]
+            use = ivs if ivs is not None else (sel.addition(model, positions=_last_position(model, batch[0])),)
+            with model.intervene(*use):
+                answers += [a.text for a in model.generate(batch, max_new_tokens=64)]
+        flags = [v.refused for v in judge(answers)]
+        rows.append({"prompts": group, "condition": condition, **_est(accuracy(flags, seed=cfg.seed)), "n": len(flags),
+                     "example_answer": answers[0]})
+    atomic_write_json(ctx.run.path / "direction" / "rates.json", rows)
+    ctx.mark("direction", "rates")
+
+
+def _last_position(model, text: str):
+    """The absolute position of the text's last token (``</think>`` or the whitespace after it)."""
+    from probes.models.positions import Span
+
+    n = len(model.encode(text))
+    return Span(n - 1, n)
+
+
+def audit(ctx: Context) -> list[Issue]:
+    out = []
+    for path in sorted((ctx.run.path / ROLLOUTS).glob("*.jsonl")) if (ctx.run.path / ROLLOUTS).is_dir() else []:
+        try:
+            _load(ctx, path.stem)
+        except ValueError as e:
+            out.append(Issue(str(path.relative_to(ctx.run.path)), str(e), f"delete it and done/collect/{path.stem}.json, "
+                             "then rerun --stages collect"))
+    return out
+
+
+# ----- report: saved artifacts only ------------------------------------------------------------------
+def _ci(e: dict, digits: int = 3) -> str:
+    return f"{rounded(e['value'], digits)} [{rounded(e['lo'], digits)}, {rounded(e['hi'], digits)}]"
+
+
+def _mean_ci(values, seed: int) -> str:
+    from probes.evals.stats import bootstrap_ci
+
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], float)
+    if not v.size:
+        return "n/a"
+    value, lo, hi = bootstrap_ci(v, seed=seed)
+    return f"{rounded(value)} [{rounded(lo)}, {rounded(hi)}]"
+
+
+def stage_report(ctx: Context) -> Path:
+    from probes.plots.report import Report
+
+    report = Report(f"Refusal cliff — {ctx.cfg.model}", formats=ctx.cfg.formats)
+    summary = add_report_sections(ctx, report)
+    ctx.experiment.write_summary(ctx, summary)
+    return report.write(ctx.run.path)
+
+
+def _read(ctx: Context, rel: str):
+    p = ctx.run.path / rel
+    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
+
+
+def add_report_sections(ctx: Context, report) -> dict[str, Any]:
+    """Tables of every finished stage (figures come from the same artifacts)."""
+    cfg, summary = ctx.cfg, {}
+    issues = ctx.experiment.audit(ctx)
+    if issues or ctx.notes:
+        report.add_table([{"file": i.path, "problem": i.problem, "what to do": i.action} for i in issues]
+                         + [{"file": "", "problem": n, "what to do": ""} for n in ctx.notes], caption="Issues")
+    counts = [{"rollouts": name, "n": (_read(ctx, f"done/collect/{name}.json") or {}).get("n"),
+               "without </think>": (_read(ctx, f"done/collect/{name}.json") or {}).get("unclosed")}
+              for name in ("train_harmful", "train_harmless", "eval_harmful", "eval_attack", "eval_harmless", "ood")
+              if ctx.done("collect", name)]
+    if counts:
+        report.add_table(counts, caption=f"Rollouts (T = {cfg.temperature:g}); those without </think> are left out, "
+                                         "never judged")
+    probes = _read(ctx, "probe/summary.json")
+    if probes is None:
+        report.add_text("No probe yet: run the collect and probe stages.")
+        return summary
+    report.add_heading("Linear refusal probe (A2)")
+    report.add_table([{"probe": k, "site": probes[k]["site"], "read": probes[k]["read"], "fit": probes[k]["fit"],
+                       "train / val": f"{probes[k]['n_train']} / {probes[k]['n_val']}",
+                       "val accuracy": rounded(probes[k]["val_accuracy"]),
+                       "OOD accuracy [95% CI]": _ci(probes[k]["ood"]["accuracy"]) if "ood" in probes[k] else "",
+                       "OOD AUROC [95% CI]": _ci(probes[k]["ood"]["auroc"]) if "ood" in probes[k] else ""}
+                      for k in PROBES if k in probes],
+                     caption=f"Refusal class: harmful rollouts that refused ({probes['n_refusal']}); non-refusal: "
+                             f"harmless rollouts answered ({probes['n_non_refusal']}); OOD: {cfg.ood_set}")
+    report.add_table([{"hidden state": s, "val accuracy": rounded(a)} for s, a in probes["sweep"].items()],
+                     caption="Layer sweep of the reference probe (last token before the answer)")
+    summary["probe"] = {k: {"val_accuracy": probes[k]["val_accuracy"], **({"ood_auroc": probes[k]["ood"]["auroc"]}
+                                                                          if "ood" in probes[k] else {})}
+                        for k in PROBES if k in probes}
+    rows = []
+    for kind in PROBES:
+        for group in GROUPS:
+            t = _read(ctx, f"trajectories/{kind}_{group}.json")
+            if t is None:
+                continue
+            last = [c == len(s) - 1 for c, s in zip(t["cliff_sentence"], t["sentence_scores"]) if c is not None]
+            rows.append({"probe": kind, "prompts": group, "n": len(t["r_T"]), "refused": rounded(np.mean(t["refused"])),
+                         "r_T [95% CI]": _mean_ci(t["r_T"], cfg.seed), "Δ_cliff [95% CI]": _mean_ci(t["cliff"], cfg.seed),
+                         "late-window Δ": rounded(np.nanmean(t["late_cliff"])),
+                         "largest drop at the last sentence": rounded(np.mean(last)) if last else None,
+                         "last sentence (example)": t["example_sentences"][-1] if t["example_sentences"] else ""})
+            summary.setdefault("cliff", {})[f"{kind}_{group}"] = {"r_T": rounded(float(np.mean(t["r_T"])), 4),
+                                                                  "cliff": rounded(float(np.nanmean(t["cliff"])), 4)}
+    if rows:
+        report.add_heading("Refusal trajectories and the cliff (A3)")
+        report.add_table(rows, caption="Δ_cliff = max over thinking of r_t − r_T; late-window: mean over the last "
+                                       "16 thinking tokens − r_T; the largest drop: the share of rollouts whose "
+                                       "per-sentence mean falls most at the last thinking sentence")
+        for kind in PROBES:
+            per = {g: _read(ctx, f"trajectories/{kind}_{g}.json") for g in GROUPS}
+            per = {g: t["sentence_curve"] for g, t in per.items() if t is not None}
+            n = max((len(c) for c in per.values()), default=0)
+            table = [{"prompts": g, **{f"sentence {k}": rounded(c[k]) if -k <= len(c) else "" for k in range(-n, 0)}}
+                     for g, c in per.items()]
+            if table:
+                report.add_table(table, caption=f"{kind} probe: mean r per thinking sentence, aligned at the last one")
+    trunc = _read(ctx, "truncation.json")
+    if trunc:
+        report.add_heading("Thinking truncation (A3)")
+        report.add_table([{"thinking kept": rounded(p["fraction"]), "refusal rate [95% CI]": _ci(p["refusal_rate"]),
+                           "r_T [95% CI]": _ci(p["r_T"]), "n": p["n"], "example answer": p["example_answer"][:80]}
+                          for p in trunc],
+                         caption=f"Attack rollouts re-answered after the first share of their thinking "
+                                 f"({cfg.truncation_unit}); r_T from the thinking probe")
+    rates = _read(ctx, "direction/rates.json")
+    if rates:
+        from probes.refusal.direction import DirectionSelection
+
+        sel = DirectionSelection.load(ctx.run.path / "direction" / "selection")
+        report.add_heading("Refusal direction (B)")
+        report.add_text(f"Selected candidate: position {sel.position} (from the end of prompt + thinking + </think>), "
+                        f"layer {sel.layer}, ‖r‖ = {rounded(float(sel.direction.norm()))}.")
+        report.add_table([{"prompts": r["prompts"], "condition": r["condition"], "refusal rate [95% CI]": _ci(r),
+                           "n": r["n"], "example answer": r["example_answer"][:80]} for r in rates],
+                         caption="Greedy answers regenerated after each rollout's own thinking")
+        summary["direction"] = {"position": sel.position, "layer": sel.layer,
+                                "rates": {f"{r['prompts']}/{r['condition']}": rounded(r["value"], 4) for r in rates}}
+    return summary
+
+
+EXPERIMENT = Experiment(
+    name="refusal_cliff",
+    config=RefusalCliffConfig,
+    stages=[Stage(name, globals()[f"stage_{name}"]) for name in STAGES],
+    load_model=load_model,
+    prepare=prepare,
+    audit=audit,
+)
+
+
+if __name__ == "__main__":
+    sys.exit(main(EXPERIMENT))
