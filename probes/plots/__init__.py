@@ -14,6 +14,17 @@ from probes.plots.anchors import (
 from probes.plots.attention import attention_heatmap
 from probes.plots.export import FORMATS, find_browser, save_figure, show_figure
 from probes.plots.lens import logit_lens_figure
+from probes.plots.refusal import (
+    ablation_figure,
+    direction_rates_figure,
+    head_heatmap,
+    pareto_figure,
+    probe_layers_figure,
+    selection_figure,
+    sentence_figure,
+    trajectory_figure,
+    truncation_figure,
+)
 from probes.plots.report import Report
 from probes.plots.steering import behaviour_alpha_figure, kl_alpha_figure, steerability_histogram
 from probes.plots.viewer import write_steered_text, write_trace_viewer
@@ -22,6 +33,8 @@ __all__ = [
     "FORMATS", "Report", "attention_heatmap", "behaviour_alpha_figure", "category_means_figure", "find_browser", "importance_bars",
     "kl_alpha_figure", "kurtosis_heatmap", "logit_lens_figure", "save_figure", "sentence_matrix_heatmap", "show_figure", "steerability_histogram",
     "suppression_heatmap",
+    "ablation_figure", "direction_rates_figure", "head_heatmap", "pareto_figure", "probe_layers_figure", "selection_figure",
+    "sentence_figure", "trajectory_figure", "truncation_figure",
     "write_steered_text",
     "write_trace_viewer",
 ]
