@@ -370,7 +370,15 @@ def _read(ctx: Context, rel: str):
 
 
 def add_report_sections(ctx: Context, report) -> dict[str, Any]:
-    """Tables of every finished stage (figures come from the same artifacts)."""
+    """Tables and figures of every finished stage, from the saved artifacts."""
+    from probes.plots.refusal import (
+        direction_rates_figure,
+        probe_layers_figure,
+        sentence_figure,
+        trajectory_figure,
+        truncation_figure,
+    )
+
     cfg, summary = ctx.cfg, {}
     issues = ctx.experiment.audit(ctx)
     if issues or ctx.notes:
@@ -396,8 +404,10 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
                       for k in PROBES if k in probes],
                      caption=f"Refusal class: harmful rollouts that refused ({probes['n_refusal']}); non-refusal: "
                              f"harmless rollouts answered ({probes['n_non_refusal']}); OOD: {cfg.ood_set}")
-    report.add_table([{"hidden state": s, "val accuracy": rounded(a)} for s, a in probes["sweep"].items()],
-                     caption="Layer sweep of the reference probe (last token before the answer)")
+    report.add_figure(probe_layers_figure(list(probes["sweep"]), list(probes["sweep"].values()),
+                                          title="Reference probe: validation accuracy per hidden state"),
+                      "refusal_probe_layers", caption="Layer sweep of the reference probe (last token before the "
+                                                      "answer, AdamBCE), balanced classes: chance is 0.5")
     summary["probe"] = {k: {"val_accuracy": probes[k]["val_accuracy"], **({"ood_auroc": probes[k]["ood"]["auroc"]}
                                                                           if "ood" in probes[k] else {})}
                         for k in PROBES if k in probes}
@@ -421,13 +431,19 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
                                        "16 thinking tokens − r_T; the largest drop: the share of rollouts whose "
                                        "per-sentence mean falls most at the last thinking sentence")
         for kind in PROBES:
-            per = {g: _read(ctx, f"trajectories/{kind}_{g}.json") for g in GROUPS}
-            per = {g: t["sentence_curve"] for g, t in per.items() if t is not None}
-            n = max((len(c) for c in per.values()), default=0)
-            table = [{"prompts": g, **{f"sentence {k}": rounded(c[k]) if -k <= len(c) else "" for k in range(-n, 0)}}
-                     for g, c in per.items()]
-            if table:
-                report.add_table(table, caption=f"{kind} probe: mean r per thinking sentence, aligned at the last one")
+            per = {g: t for g in GROUPS if (t := _read(ctx, f"trajectories/{kind}_{g}.json")) is not None}
+            if not per:
+                continue
+            report.add_figure(trajectory_figure({g: np.array(t["curve"]) for g, t in per.items()},
+                                                title=f"{kind.capitalize()} probe: mean refusal score r_t"),
+                              f"refusal_trajectory_{kind}",
+                              caption="Right-aligned at the probe position (1 = the last token before the answer), "
+                                      "masked mean over rollouts, resampled to 100 points (A3)")
+            report.add_figure(sentence_figure({g: np.array(t["sentence_curve"]) for g, t in per.items()},
+                                              {g: t["example_sentences"] for g, t in per.items()},
+                                              title=f"{kind.capitalize()} probe: mean r per thinking sentence"),
+                              f"refusal_sentences_{kind}",
+                              caption="Sentences aligned at the last one (−1); hover: an example sentence")
     trunc = _read(ctx, "truncation.json")
     if trunc:
         report.add_heading("Thinking truncation (A3)")
@@ -436,6 +452,10 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
                           for p in trunc],
                          caption=f"Attack rollouts re-answered after the first share of their thinking "
                                  f"({cfg.truncation_unit}); r_T from the thinking probe")
+        iv = [(p["refusal_rate"]["value"], p["refusal_rate"]["lo"], p["refusal_rate"]["hi"]) for p in trunc]
+        rt = [(p["r_T"]["value"], p["r_T"]["lo"], p["r_T"]["hi"]) for p in trunc]
+        report.add_figure(truncation_figure([p["fraction"] for p in trunc], iv, rt), "refusal_truncation",
+                          caption="Refusal rate of the answers and mean r_T against the share of thinking kept, 95% CIs")
     rates = _read(ctx, "direction/rates.json")
     if rates:
         from probes.refusal.direction import DirectionSelection
@@ -447,6 +467,9 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
         report.add_table([{"prompts": r["prompts"], "condition": r["condition"], "refusal rate [95% CI]": _ci(r),
                            "n": r["n"], "example answer": r["example_answer"][:80]} for r in rates],
                          caption="Greedy answers regenerated after each rollout's own thinking")
+        report.add_figure(direction_rates_figure([{"prompts": r["prompts"], "condition": r["condition"],
+                                                   "rate": r["value"], "lo": r["lo"], "hi": r["hi"]} for r in rates]),
+                          "refusal_direction_rates", caption="Refusal rates with 95% bootstrap intervals")
         summary["direction"] = {"position": sel.position, "layer": sel.layer,
                                 "rates": {f"{r['prompts']}/{r['condition']}": rounded(r["value"], 4) for r in rates}}
     return summary
