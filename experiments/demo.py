@@ -7,9 +7,9 @@ Capability issues add their stage and their section here.
     probes demo                          # zoo:reasoner → runs/demo/<run-id>/report.html
     probes demo --run-dir runs/demo/<id> # resume as configured
 
-The steering section runs a small ``experiments.steering`` run on ``zoo:refusal-reasoner`` as a
-sub-run, ``<demo run>/steering/<run-id>/`` (its own config, provenance, markers and full report;
-resumable with ``python -m experiments.steering --run-dir``).
+The steering and refusal sections run small ``experiments.steering`` and ``experiments.refusal_cliff``
+runs on ``zoo:refusal-reasoner`` as sub-runs, ``<demo run>/<experiment>/<run-id>/`` (each with its own
+config, provenance, markers and full report; resumable with ``python -m experiments.<experiment> --run-dir``).
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ import torch
 
 from probes.harness import Context, Experiment, ExperimentConfig, Stage, main, session_field
 
-StageName = Literal["model", "trace", "attention", "logit_lens", "thought_anchors", "steering", "report"]
-STAGES: tuple[StageName, ...] = ("model", "trace", "attention", "logit_lens", "thought_anchors", "steering", "report")
+StageName = Literal["model", "trace", "attention", "logit_lens", "thought_anchors", "steering", "refusal", "report"]
+STAGES: tuple[StageName, ...] = ("model", "trace", "attention", "logit_lens", "thought_anchors", "steering", "refusal",
+                                 "report")
 
 
 def _default_prompt() -> str:
@@ -54,6 +55,11 @@ class DemoConfig(ExperimentConfig):
         "help": "steering: held-out harmless requests, half dev (selection) and half test (controls)"})
     steering_max_new_tokens: int = field(default=128, metadata={
         "help": "steering: greedy budget per request (thinking and answer must fit)"})
+    refusal_model: str = field(default="zoo:refusal-reasoner", metadata={
+        "help": "refusal cliff: the model probed (default prompt sets: the zoo's requests)"})
+    refusal_train: int = field(default=32, metadata={"help": "refusal cliff: probe-training prompts per class"})
+    refusal_eval: int = field(default=16, metadata={"help": "refusal cliff: evaluation prompts per group"})
+    refusal_ood: str = field(default="zoo-oot", metadata={"help": "refusal cliff: out-of-distribution set ('': none)"})
     stages: list[StageName] = session_field(default_factory=lambda: list(STAGES), help="stages to run, in order")
 
     def __post_init__(self):
@@ -61,7 +67,8 @@ class DemoConfig(ExperimentConfig):
                self.steering_max_new_tokens) < 1:
             raise ValueError("max_new_tokens, lens_positions, attention_window, anchors_rollouts and "
                              "steering_max_new_tokens must be >= 1")
-        self.steering_config()  # the steering fields are checked with the steering experiment's own rules
+        self.steering_config()  # the sub-runs' fields are checked with their experiments' own rules
+        self.refusal_config()
 
     def steering_config(self, **session: Any):
         """The demo-sized ``SteeringConfig`` of the steering section (``session``: its session fields)."""
@@ -71,6 +78,14 @@ class DemoConfig(ExperimentConfig):
                               alphas=list(self.steering_alphas), n_contrast=32, n_examples=self.steering_examples,
                               n_neutral=8, max_new_tokens=self.steering_max_new_tokens, seed=self.seed,
                               formats=self.formats, device=self.device, dtype=self.dtype, **session)
+
+    def refusal_config(self, **session: Any):
+        """The demo-sized ``RefusalCliffConfig`` of the refusal section (``session``: its session fields)."""
+        from experiments.refusal_cliff import RefusalCliffConfig
+
+        return RefusalCliffConfig(model=self.refusal_model, n_train=self.refusal_train, n_eval=self.refusal_eval,
+                                  ood_set=self.refusal_ood, max_new_tokens=160, seed=self.seed, formats=self.formats, device=self.device,
+                                  dtype=self.dtype, **session)
 
 
 def load_model(cfg: DemoConfig):
@@ -139,28 +154,36 @@ def stage_thought_anchors(ctx: Context) -> None:
     ctx.model_ = actx.model_
 
 
-STEERING = "steering"  # the sub-run lives in <demo run>/steering/<run-id>/
-STEERING_STAGES = ["collect", "directions", "sweep", "evaluate", "report"]
-
-
-def steering_run_dir(ctx: Context) -> Path | None:
-    """The steering sub-run of this demo run, if it was started."""
-    runs = sorted(p for p in (ctx.run.path / STEERING).glob("*") if (p / "config.json").is_file())
+def sub_run_dir(ctx: Context, experiment: str) -> Path | None:
+    """The demo's sub-run of ``experiment`` (``<demo run>/<experiment>/<run-id>/``), if it was started."""
+    runs = sorted(p for p in (ctx.run.path / experiment).glob("*") if (p / "config.json").is_file())
     return runs[-1] if runs else None
+
+
+def run_sub(ctx: Context, experiment, make_config, model_spec: str) -> None:
+    """Start the sub-run, or resume it as configured (it refuses a config that differs from its own);
+    the demo's model is shared when it is the same one."""
+    existing = sub_run_dir(ctx, experiment.name)
+    if existing is None:
+        cfg = make_config(stages=[s.name for s in experiment.stages], runs_root=str(ctx.run.path))
+    else:
+        cfg = make_config(stages=[s.name for s in experiment.stages], run_dir=str(existing), override=ctx.cfg.override)
+    same_model = model_spec == ctx.cfg.model
+    sctx = experiment.run(cfg, model=ctx.model if same_model else None)
+    if same_model and ctx.model_ is None:
+        ctx.model_ = sctx.model_
 
 
 def stage_steering(ctx: Context) -> None:
     from experiments.steering import EXPERIMENT as STEERING_EXPERIMENT
 
-    existing = steering_run_dir(ctx)
-    if existing is None:
-        scfg = ctx.cfg.steering_config(stages=STEERING_STAGES, runs_root=str(ctx.run.path))
-    else:  # resume as configured; the sub-run refuses a config that differs from the one it started with
-        scfg = ctx.cfg.steering_config(stages=STEERING_STAGES, run_dir=str(existing), override=ctx.cfg.override)
-    same_model = ctx.cfg.steering_model == ctx.cfg.model
-    sctx = STEERING_EXPERIMENT.run(scfg, model=ctx.model if same_model else None)
-    if same_model and ctx.model_ is None:
-        ctx.model_ = sctx.model_
+    run_sub(ctx, STEERING_EXPERIMENT, ctx.cfg.steering_config, ctx.cfg.steering_model)
+
+
+def stage_refusal(ctx: Context) -> None:
+    from experiments.refusal_cliff import EXPERIMENT as REFUSAL_EXPERIMENT
+
+    run_sub(ctx, REFUSAL_EXPERIMENT, ctx.cfg.refusal_config, ctx.cfg.refusal_model)
 
 
 # ----- report: saved artifacts only ---------------------------------------------------------------
@@ -208,8 +231,10 @@ def stage_report(ctx: Context):
         report.add_text(f"Thought anchors at N = {cfg.anchors_rollouts} resamples per sentence (the paper uses 100: "
                         "`python -m experiments.thought_anchors`).")
         summary["thought_anchors"] = add_report_sections(actx, report)
-    if ctx.done("steering") and steering_run_dir(ctx) is not None:
+    if ctx.done("steering") and sub_run_dir(ctx, "steering") is not None:
         summary["steering"] = add_steering_section(ctx, report)
+    if ctx.done("refusal") and sub_run_dir(ctx, "refusal_cliff") is not None:
+        summary["refusal"] = add_refusal_section(ctx, report)
     if summary:
         ctx.experiment.write_summary(ctx, summary)
     return report.write(run.path)
@@ -230,7 +255,7 @@ def add_steering_section(ctx: Context, report) -> dict[str, Any]:
     from probes.runs import Run
     from probes.steering import ControlComparison
 
-    path = steering_run_dir(ctx)
+    path = sub_run_dir(ctx, "steering")
     scfg, _ = S.EXPERIMENT.resolve(S.SteeringConfig(run_dir=str(path)))
     sctx = Context(S.EXPERIMENT, scfg, None, Run.open(path))
     where = path.relative_to(ctx.run.path).as_posix()
@@ -274,6 +299,62 @@ def add_steering_section(ctx: Context, report) -> dict[str, Any]:
     out.update(layer=chosen.layer, alpha=chosen.alpha, mean_kl=rounded(chosen.kl.mean_kl, 5),
                **{k: rounded(e.value, 4) for k, e in cond.items()})
     return out
+
+
+def add_refusal_section(ctx: Context, report) -> dict[str, Any]:
+    """The cliff in one figure (the thinking probe's per-sentence view) and the direction's effect, from the
+    sub-run's saved artifacts; the sub-run's own report has every table and figure."""
+    import numpy as np
+
+    import experiments.refusal_cliff as R
+    from probes.plots.refusal import direction_rates_figure, sentence_figure
+    from probes.plots.report import rounded
+    from probes.runs import Run
+
+    path = sub_run_dir(ctx, "refusal_cliff")
+    rcfg, _ = R.EXPERIMENT.resolve(R.RefusalCliffConfig(run_dir=str(path)))
+    rctx = Context(R.EXPERIMENT, rcfg, None, Run.open(path))
+    where = path.relative_to(ctx.run.path).as_posix()
+    report.add_heading("Refusal cliff")
+    probes = R._read(rctx, "probe/summary.json")
+    per = {g: t for g in R.GROUPS if (t := R._read(rctx, f"trajectories/thinking_{g}.json")) is not None}
+    if probes is None or not per:
+        report.add_text(f"The refusal run {where} has no probe or trajectories yet: resume the demo to run it.")
+        return {"run": where}
+    ref, thk = probes["reference"], probes["thinking"]
+    ood = f", and AUROC {_est_text(ref['ood']['auroc'])} on requests written by hand" if "ood" in ref else ""
+    report.add_text(f"{rcfg.model} answered {rcfg.n_eval} new plain harmful, wrapped ('attack') and harmless requests "
+                    f"(T = {rcfg.temperature:g}). A linear probe on the final-layer state before the answer (A2) "
+                    f"separates refusals from answers with validation accuracy {rounded(ref['val_accuracy'])}{ood}. Read across the thinking (a probe on {thk['site']}), refusal intent rises once the "
+                    f"request is judged forbidden and falls at the last sentence of wrapped requests: the cliff. "
+                    f"Full report: {where}/report.html.")
+    report.add_figure(sentence_figure({g: np.array(t["sentence_curve"]) for g, t in per.items()},
+                                      {g: t["example_sentences"] for g, t in per.items()},
+                                      title="Refusal intent per thinking sentence"),
+                      "refusal_sentences", caption="Mean probe score per thinking sentence, aligned at the last one; "
+                                                   "hover: an example sentence")
+    out: dict[str, Any] = {"run": where}
+    for g, t in per.items():
+        out[g] = {"r_T": rounded(float(np.mean(t["r_T"])), 4), "cliff": rounded(float(np.nanmean(t["cliff"])), 4),
+                  "refused": rounded(float(np.mean(t["refused"])), 4)}
+    report.add_table([{"prompts": g, "refused": v["refused"], "mean r_T": v["r_T"], "mean Δ_cliff": v["cliff"]}
+                      for g, v in out.items() if g != "run"],
+                     caption="Δ_cliff = max over the thinking of r_t − r_T (thinking probe)")
+    rates = R._read(rctx, "direction/rates.json")
+    if rates:
+        report.add_figure(direction_rates_figure([{"prompts": r["prompts"], "condition": r["condition"],
+                                                   "rate": r["value"], "lo": r["lo"], "hi": r["hi"]} for r in rates],
+                                                 title="Refusal direction: ablated and added"),
+                          "refusal_direction", caption="Greedy answers after each rollout's own thinking; the "
+                                                       "direction is a difference of means at </think> (B2-B3)")
+        out["direction"] = {f"{r['prompts']}/{r['condition']}": rounded(r["value"], 4) for r in rates}
+    return out
+
+
+def _est_text(e: dict) -> str:
+    from probes.plots.report import rounded
+
+    return f"{rounded(e['value'])} (95% CI {rounded(e['lo'])} to {rounded(e['hi'])})"
 
 
 EXPERIMENT = Experiment(

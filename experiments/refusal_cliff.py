@@ -285,7 +285,12 @@ def stage_direction(ctx: Context) -> None:
     """B2–B3 on texts that end at ``</think>``: candidates, selection, then refusal rates of regenerated
     answers under ablation (harmful) and addition at ``</think>`` (harmless)."""
     from probes.evals.stats import accuracy
-    from probes.refusal.direction import DirectionSelection, candidate_directions, select_direction
+    from probes.refusal.direction import (
+        AllCandidatesFilteredError,
+        DirectionSelection,
+        candidate_directions,
+        select_direction,
+    )
 
     cfg, model, judge = ctx.cfg, ctx.model, judge_for(ctx.cfg)
     path = ctx.run.path / "direction" / "selection"
@@ -295,8 +300,13 @@ def stage_direction(ctx: Context) -> None:
         k = len(harm) // 4
         cands = candidate_directions(model, harm[k:], safe[len(safe) // 4:], positions=cfg.direction_positions,
                                      batch_size=cfg.batch_size, progress=True)
-        sel = select_direction(model, cands, harm[:k], safe[:len(safe) // 4], refusal_ids(model),
-                               batch_size=cfg.batch_size, progress=True)
+        try:
+            sel = select_direction(model, cands, harm[:k], safe[:len(safe) // 4], refusal_ids(model),
+                                   batch_size=cfg.batch_size, progress=True)
+        except AllCandidatesFilteredError as e:
+            atomic_write_json(ctx.run.path / "direction" / "filtered.json", {"error": str(e)})
+            ctx.notes.append("direction: every candidate was filtered out (B3); see direction/filtered.json")
+            return
         sel.save(path)
         ctx.mark("direction", "selection", position=sel.position, layer=sel.layer)
     if ctx.done("direction", "rates"):
@@ -456,6 +466,10 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
         rt = [(p["r_T"]["value"], p["r_T"]["lo"], p["r_T"]["hi"]) for p in trunc]
         report.add_figure(truncation_figure([p["fraction"] for p in trunc], iv, rt), "refusal_truncation",
                           caption="Refusal rate of the answers and mean r_T against the share of thinking kept, 95% CIs")
+    filtered = _read(ctx, "direction/filtered.json")
+    if filtered:
+        report.add_heading("Refusal direction (B)")
+        report.add_text(f"No direction selected: {filtered['error']}")
     rates = _read(ctx, "direction/rates.json")
     if rates:
         from probes.refusal.direction import DirectionSelection

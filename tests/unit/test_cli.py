@@ -1,5 +1,5 @@
 """The ``probes`` command: info, demo (a run directory with report, figures, provenance, and the steering
-sub-run), zoo list."""
+and refusal sub-runs), zoo list."""
 
 import json
 
@@ -27,19 +27,23 @@ def test_info_prints_the_site_table(model_dir, capsys):
 def test_demo_writes_a_report_with_provenance(model_dir, tmp_path, capsys):
     rc = main(["demo", "--model", str(model_dir), "--runs-root", str(tmp_path), "--max-new-tokens", "12",
                "--formats", "html", "--steering-model", str(model_dir), "--steering-layers", "0", "1",
-               "--steering-alphas", "1", "4", "--steering-examples", "4", "--steering-max-new-tokens", "4"])
+               "--steering-alphas", "1", "4", "--steering-examples", "4", "--steering-max-new-tokens", "4",
+               "--refusal-train", "4", "--refusal-eval", "2", "--refusal-ood", ""])
     assert rc == 0
     run_dir = next((tmp_path / "demo").iterdir())
     report = (run_dir / "report.html").read_text()
-    for heading in ("Model", "A reasoning trace", "Attention", "Logit lens", "Steering", "Chosen cell: layer"):
+    for heading in ("Model", "A reasoning trace", "Attention", "Logit lens", "Steering", "Chosen cell: layer",
+                    "Refusal cliff"):
         assert heading in report
-    for figure in ("attention", "logit_lens", "steering_behaviour"):
+    for figure in ("attention", "logit_lens", "steering_behaviour", "refusal_sentences"):
         assert (run_dir / "figures" / f"{figure}.html").is_file()
     steering = json.loads((run_dir / "summary.json").read_text())["steering"]
     sub = run_dir / steering["run"]  # the steering sub-run: its own config, markers and full report
     assert sub.parent.name == "steering" and (sub / "report.html").is_file() and (sub / "done" / "evaluate.json").is_file()
     assert steering["layer"] in (0, 1) and steering["alpha"] in (1.0, 4.0) and "prompting" in steering
     assert json.loads((sub / "config.json").read_text())["resolved"]["n_examples"] == 4
+    refusal = json.loads((run_dir / "summary.json").read_text())["refusal"]  # on zoo:refusal-reasoner
+    assert (run_dir / refusal["run"]).parent.name == "refusal_cliff" and refusal["harmful"]["refused"] == 1.0
     prov = json.loads((run_dir / "provenance.json").read_text())
     assert prov["model"]["spec"] == str(model_dir) and len(prov["model"]["weights_hash"]) == 64
     cfg = json.loads((run_dir / "config.json").read_text())
