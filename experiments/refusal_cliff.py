@@ -17,7 +17,9 @@ small models whose final layer only predicts the next token — on rollouts of h
 were refused vs harmless ones that were answered, runs the reference layer sweep and evaluates each
 probe out of distribution; ``trajectories`` scores every token of every evaluation rollout (r_t,
 r_T, Δ_cliff, its late-window variant, per-sentence scores) per probe and group; ``truncation``
-re-answers attack rollouts with part of their thinking (A3); ``direction`` reads diff-in-means
+re-answers attack rollouts with part of their thinking (A3); ``heads`` scores each attention head's direct
+write onto the reference probe at the probe position over the attack rollouts and ablates the most
+negative heads (norm-preserving) against as many random heads (A4); ``direction`` reads diff-in-means
 candidates after the thinking, selects one by B3's filters and measures refusal rates under ablation
 (harmful prompts) and addition at ``</think>`` (harmless prompts); ``report`` draws tables from the
 saved artifacts only.
@@ -40,8 +42,8 @@ from probes.plots.report import rounded
 
 log = logging.getLogger(__name__)
 
-StageName = Literal["collect", "probe", "trajectories", "truncation", "direction", "report"]
-STAGES: tuple[StageName, ...] = ("collect", "probe", "trajectories", "truncation", "direction", "report")
+StageName = Literal["collect", "probe", "trajectories", "truncation", "heads", "direction", "report"]
+STAGES: tuple[StageName, ...] = ("collect", "probe", "trajectories", "truncation", "heads", "direction", "report")
 GROUPS = ("harmful", "attack", "harmless")
 """Evaluation groups: plain harmful prompts, attacks (wrapped / jailbreak prompts), harmless prompts."""
 PROBES = ("reference", "thinking")
@@ -72,6 +74,10 @@ class RefusalCliffConfig(ExperimentConfig):
         "help": "shares of the thinking kept (A3)"})
     truncation_unit: Literal["chars", "sentences"] = field(default="sentences", metadata={
         "help": "truncate by characters (the reference) or whole sentences"})
+    head_counts: list[int] = field(default_factory=lambda: [1, 2], metadata={
+        "help": "numbers of top (most negative) heads ablated (A4 uses 1.5/3/10% of all heads)"})
+    head_draws: int = field(default=3, metadata={"help": "random head sets per budget (the control)"})
+    head_samples: int = field(default=2, metadata={"help": "rollouts per attack prompt under each head ablation"})
     direction_positions: list[int] = field(default_factory=lambda: [-3, -2, -1], metadata={
         "help": "positions (from the end of prompt + thinking + </think>) of the direction candidates"})
     seed: int = field(default=0, metadata={"help": "seed of the splits, rollouts and bootstrap"})
@@ -87,6 +93,8 @@ class RefusalCliffConfig(ExperimentConfig):
             raise ValueError("max_new_tokens and batch_size must be >= 1 and seed >= 0")
         if not self.truncation_fractions or any(not 0 <= f <= 1 for f in self.truncation_fractions):
             raise ValueError(f"truncation_fractions must be shares in [0, 1], got {self.truncation_fractions}")
+        if not self.head_counts or min(self.head_counts) < 1 or self.head_draws < 1 or self.head_samples < 1:
+            raise ValueError(f"head_counts must be positive ({self.head_counts}); head_draws and head_samples >= 1")
         if not self.direction_positions or any(p >= 0 for p in self.direction_positions):
             raise ValueError(f"direction_positions must be negative (from the end), got {self.direction_positions}")
         for name in ("harmful_set", "harmless_set", "attack_set"):
@@ -276,6 +284,39 @@ def stage_truncation(ctx: Context) -> None:
          "example_answer": p.answers[0]} for p in pts])
 
 
+def stage_heads(ctx: Context) -> None:
+    """A4: direct head attributions onto the reference probe over the attack rollouts, then the top heads
+    ablated against random heads at each budget (one unit per budget; the baseline is shared)."""
+    from probes.refusal.heads import AblationResult, HeadScores, ablate_heads, head_scores
+    from probes.refusal.probe import Probe
+
+    cfg, model = ctx.cfg, ctx.model
+    probe = Probe.load(ctx.run.path / "probe" / "reference")
+    path = ctx.run.path / "heads"
+    if not ctx.done("heads", "scores"):
+        items = [r for r in _load(ctx, "eval_attack") if r.closed]
+        head_scores(model, probe, items, batch_size=cfg.batch_size, progress=True).save(path / "scores")
+        ctx.mark("heads", "scores")
+    scores = HeadScores.load(path / "scores")
+    bad = [k for k in cfg.head_counts if k > scores.scores.size]
+    if bad:
+        raise ValueError(f"head_counts {bad} exceed the {scores.scores.size} heads of {cfg.model}: lower them")
+    prompts = ctx.inputs.eval["attack"]
+    baseline = None
+    for k in cfg.head_counts:
+        unit = f"ablation_k{k}"
+        if ctx.done("heads", unit):
+            baseline = baseline or AblationResult.load(path / unit).baseline
+            continue
+        result = ablate_heads(model, probe, scores, prompts, judge_for(cfg), k=k, draws=cfg.head_draws,
+                              seed=cfg.seed, samples=cfg.head_samples, temperature=cfg.temperature,
+                              max_new_tokens=cfg.max_new_tokens, baseline=baseline, batch_size=cfg.batch_size)
+        result.save(path / unit)
+        atomic_write_json(path / f"{unit}.summary.json", result.summary(seed=cfg.seed))
+        baseline = result.baseline
+        ctx.mark("heads", unit)
+
+
 def refusal_ids(model) -> list[int]:
     """The first token of a refusal ("I"), as B5's Llama-3 and the zoo use."""
     return model.encode("I", add_special_tokens=False)[:1]
@@ -382,7 +423,9 @@ def _read(ctx: Context, rel: str):
 def add_report_sections(ctx: Context, report) -> dict[str, Any]:
     """Tables and figures of every finished stage, from the saved artifacts."""
     from probes.plots.refusal import (
+        ablation_figure,
         direction_rates_figure,
+        head_heatmap,
         probe_layers_figure,
         sentence_figure,
         trajectory_figure,
@@ -466,6 +509,38 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
         rt = [(p["r_T"]["value"], p["r_T"]["lo"], p["r_T"]["hi"]) for p in trunc]
         report.add_figure(truncation_figure([p["fraction"] for p in trunc], iv, rt), "refusal_truncation",
                           caption="Refusal rate of the answers and mean r_T against the share of thinking kept, 95% CIs")
+    if ctx.done("heads", "scores"):
+        from probes.refusal.heads import HeadScores
+
+        hs = HeadScores.load(ctx.run.path / "heads" / "scores")
+        report.add_heading("Suppression heads (A4)")
+        top = hs.top(max(cfg.head_counts))
+        report.add_figure(head_heatmap(hs.scores, top=top, title="Direct write of each head onto the probe"),
+                          "refusal_heads", caption=f"s(l, h) = mean over {hs.n_items} attack rollouts of the head's "
+                                                   "output through o_proj, projected on the reference probe's unit "
+                                                   "direction at the probe position; circled: the most negative")
+        runs = [(k, _read(ctx, f"heads/ablation_k{k}.summary.json")) for k in cfg.head_counts]
+        runs = [(k, r) for k, r in runs if r is not None]
+        if runs:
+            def iv(e):
+                return (e["value"], e["lo"], e["hi"])
+
+            base = runs[0][1]["baseline"]
+            for what, label in (("refusal_rate", "refusal rate"), ("r_T", "r_T")):
+                report.add_figure(ablation_figure([k for k, _ in runs], [iv(r["top"][what]) for _, r in runs],
+                                                  [iv(r["random_pooled"][what]) for _, r in runs], iv(base[what]), metric=label),
+                                  f"refusal_heads_{what}", caption=f"Top heads vs {cfg.head_draws} random draws of "
+                                                                   "as many heads (norm-preserving zero ablation)")
+            report.add_table([{"heads ablated": k, "top heads": ", ".join(f"L{a}H{b}" for a, b in r["top"]["heads"]),
+                               "top − random refusal [95% CI]": _ci(r["top_minus_random"]["refusal_rate"]),
+                               "top − random r_T [95% CI]": _ci(r["top_minus_random"]["r_T"]),
+                               "unclosed (top)": f"{r['top']['unclosed']} / {r['top']['rollouts']}"}
+                              for k, r in runs],
+                             caption="Differences paired by prompt; unclosed rollouts are counted, not judged: many "
+                                     "unclosed ones mean the ablation breaks the model rather than lifting a "
+                                     "suppression")
+            summary["heads"] = {f"k{k}": {"refusal": rounded(r["top_minus_random"]["refusal_rate"]["value"], 4),
+                                          "r_T": rounded(r["top_minus_random"]["r_T"]["value"], 4)} for k, r in runs}
     filtered = _read(ctx, "direction/filtered.json")
     if filtered:
         report.add_heading("Refusal direction (B)")

@@ -28,6 +28,8 @@ _MODULES = {
               "fit_probe", "hidden_state_site", "layer_sweep", "probe_features", "train_probe"),
     "trajectory": ("Trajectory", "mean_curve", "sentence_curve", "trajectories"),
     "truncation": ("TruncationPoint", "thinking_truncation", "truncated_text"),
+    "heads": ("AblationArm", "AblationResult", "HeadScores", "ablate_heads", "ablation_arm", "head_budget",
+              "head_scores", "random_heads"),
     "direction": ("AllCandidatesFilteredError", "CandidateScores", "DirectionSelection", "RefusalCandidates",
                   "activation_addition", "candidate_directions", "directional_ablation", "orthogonalize_weights",
                   "post_instruction_positions", "refusal_score", "refusal_scores", "score_candidates",

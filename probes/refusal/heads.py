@@ -326,13 +326,18 @@ class AblationResult:
         return _paired(self.top.prompt_refusal, self._versus(against, "prompt_refusal"), seed, "refusal rate")
 
     def summary(self, seed: int = 0) -> dict[str, Any]:
-        """Every condition's estimates and the top − random / top − baseline differences, as plain values."""
+        """Every condition's estimates, the random draws pooled (per item, the mean over draws), and the
+        top − random / top − baseline differences, as plain values."""
         def arm(a: AblationArm) -> dict[str, Any]:
             return {"heads": [list(h) for h in a.heads], "r_T": asdict(a.mean_r_T(seed)),
                     "r_T_own": asdict(a.mean_r_T_own(seed)), "refusal_rate": asdict(a.refusal_rate(seed)),
                     "unclosed": a.unclosed, "rollouts": int(a.refused.size)}
 
+        pooled = {"r_T": asdict(_mean_estimate(self._versus("random", "r_T"), seed, "r_T")),
+                  "refusal_rate": asdict(_mean_estimate(self._versus("random", "prompt_refusal"), seed,
+                                                        "refusal rate"))}
         return {"baseline": arm(self.baseline), "top": arm(self.top), "random": [arm(a) for a in self.random],
+                "random_pooled": pooled,
                 "top_minus_random": {"r_T": asdict(self.r_T_difference("random", seed)),
                                      "refusal_rate": asdict(self.refusal_difference("random", seed))},
                 "top_minus_baseline": {"r_T": asdict(self.r_T_difference("baseline", seed)),
