@@ -9,8 +9,11 @@ SMALL = {
     "thought_anchors.ipynb": {"n_rollouts": 4, "max_new_tokens": 200},
     "steering.ipynb": {"layers": [1], "alphas": [1.0, 4.0], "n_contrast": 8, "n_examples": 8, "n_neutral": 4,
                        "max_new_tokens": 96},
+    "refusal_cliff.ipynb": {"n_train": 8, "n_eval": 4, "n_ood": 12, "truncation_fractions": [0.0, 1.0],
+                            "direction_positions": [-1]},
 }
-ORGANISM = {"thought_anchors.ipynb": "reasoner", "steering.ipynb": "refusal-reasoner"}
+ORGANISM = {"thought_anchors.ipynb": "reasoner", "steering.ipynb": "refusal-reasoner",
+            "refusal_cliff.ipynb": "refusal-reasoner"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
