@@ -322,7 +322,7 @@ def add_refusal_section(ctx: Context, report) -> dict[str, Any]:
         report.add_text(f"The refusal run {where} has no probe or trajectories yet: resume the demo to run it.")
         return {"run": where}
     ref, thk = probes["reference"], probes["thinking"]
-    ood = f", and AUROC {_est_text(ref['ood']['auroc'])} on requests written by hand" if "ood" in ref else ""
+    ood = f", and AUROC {_est_text(ref['ood']['auroc'])} on requests written by hand" if "auroc" in ref.get("ood", {}) else ""
     report.add_text(f"{rcfg.model} answered {rcfg.n_eval} new plain harmful, wrapped ('attack') and harmless requests "
                     f"(T = {rcfg.temperature:g}). A linear probe on the final-layer state before the answer (A2) "
                     f"separates refusals from answers with validation accuracy {rounded(ref['val_accuracy'])}{ood}. Read across the thinking (a probe on {thk['site']}), refusal intent rises once the "

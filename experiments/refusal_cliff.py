@@ -60,7 +60,7 @@ class RefusalCliffConfig(ExperimentConfig):
     harmless_set: str = field(default="zoo-harmless", metadata={"help": "harmless prompts (probe non-refusal class)"})
     attack_set: str = field(default="zoo-forbidden-wrapped", metadata={"help": "attacks: wrapped / jailbreak prompts"})
     ood_set: str = field(default="zoo-oot", metadata={
-        "help": "out-of-distribution probe test set (harmful and harmless records; '' to skip)"})
+        "help": "out-of-distribution probe test set ('' to skip; with one class only accuracy is reported)"})
     n_train: int = field(default=100, metadata={"help": "probe-training prompts per class"})
     n_eval: int = field(default=60, metadata={"help": "evaluation prompts per group"})
     temperature: float = field(default=0.7, metadata={"help": "sampling temperature of the rollouts (A1: 0.7)"})
@@ -132,8 +132,6 @@ def prepare(cfg: RefusalCliffConfig) -> Inputs:
     ood, labels = [], []
     if cfg.ood_set:
         ps = load_prompts(cfg.ood_set)
-        if ps.labels.all() or not ps.labels.any():
-            raise ValueError(f"{cfg.ood_set} holds one class only: the OOD test needs harmful and harmless prompts")
         ood, labels = list(ps.prompts), [bool(x) for x in ps.labels]
     return Inputs(train, evals, ood, labels)
 
@@ -195,6 +193,7 @@ def thinking_site(cfg: RefusalCliffConfig, model) -> str:
 
 def stage_probe(ctx: Context) -> None:
     """The reference and thinking probes, the layer sweep and the OOD evaluation."""
+    from probes.evals.stats import accuracy
     from probes.refusal.probe import SklearnLogistic, evaluate_probe, layer_sweep, probe_features, train_probe
     from probes.steering.directions import LastToken, ThinkingMean
 
@@ -222,8 +221,12 @@ def stage_probe(ctx: Context) -> None:
         if ood:
             f = probe_features(model, [r.probe_text for r in ood], probe.site, batch_size=cfg.batch_size)
             y = np.array(labels)
-            ev = evaluate_probe(probe, f[y], f[~y], seed=cfg.seed)
-            row["ood"] = {"accuracy": _est(ev.accuracy), "auroc": _est(ev.auroc), "n": len(y)}
+            if y.all() or not y.any():  # one class (e.g. JailbreakBench's harmful behaviours): accuracy only
+                row["ood"] = {"accuracy": _est(accuracy((probe.score(f).numpy() > 0.5) == y, seed=cfg.seed)),
+                              "n": len(y)}
+            else:
+                ev = evaluate_probe(probe, f[y], f[~y], seed=cfg.seed)
+                row["ood"] = {"accuracy": _est(ev.accuracy), "auroc": _est(ev.auroc), "n": len(y)}
         out[kind] = row
     sweep = layer_sweep(model, pos, neg, batch_size=cfg.batch_size)
     out["sweep"] = {s: p.metrics["val_accuracy"] for s, p in sweep.items()}
@@ -453,7 +456,7 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
                        "train / val": f"{probes[k]['n_train']} / {probes[k]['n_val']}",
                        "val accuracy": rounded(probes[k]["val_accuracy"]),
                        "OOD accuracy [95% CI]": _ci(probes[k]["ood"]["accuracy"]) if "ood" in probes[k] else "",
-                       "OOD AUROC [95% CI]": _ci(probes[k]["ood"]["auroc"]) if "ood" in probes[k] else ""}
+                       "OOD AUROC [95% CI]": _ci(probes[k]["ood"]["auroc"]) if "auroc" in probes[k].get("ood", {}) else ""}
                       for k in PROBES if k in probes],
                      caption=f"Refusal class: harmful rollouts that refused ({probes['n_refusal']}); non-refusal: "
                              f"harmless rollouts answered ({probes['n_non_refusal']}); OOD: {cfg.ood_set}")
@@ -462,7 +465,7 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
                       "refusal_probe_layers", caption="Layer sweep of the reference probe (last token before the "
                                                       "answer, AdamBCE), balanced classes: chance is 0.5")
     summary["probe"] = {k: {"val_accuracy": probes[k]["val_accuracy"], **({"ood_auroc": probes[k]["ood"]["auroc"]}
-                                                                          if "ood" in probes[k] else {})}
+                                                                          if "auroc" in probes[k].get("ood", {}) else {})}
                         for k in PROBES if k in probes}
     rows = []
     for kind in PROBES:
