@@ -410,14 +410,24 @@ class AddVector(SteeringOperator):
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class ProjectOut(SteeringOperator):
-    """h ← h − (h·û) û at the selected positions (directional ablation), û = direction/‖direction‖."""
+    """h ← h − weight·(h·û) û at the selected positions, û = direction/‖direction‖: ``weight`` 1
+    (default) is directional ablation; another weight removes that share of the component (a
+    partial ablation, heretic's ablation weight; above 1 it reverses the component)."""
 
     direction: torch.Tensor
+    weight: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "weight", _finite(self.weight, "ProjectOut weight"))
 
     def _edit(self, model, width):
         u = _derived(_steering_vector(model, self.direction, width, "direction", self.site, one_row=True,
                                       needs_direction="project out"), _unit)
-        return lambda h: _ablate(h, u())
+        w = self.weight
+        if w == 1.0:
+            return lambda h: _ablate(h, u())
+        return lambda h: h - w * (h @ u()).unsqueeze(-1) * u()
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)

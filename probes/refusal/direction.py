@@ -27,7 +27,8 @@
   (B2; most families have none; a nonzero one is warned about, ``biases="orthogonalize"`` makes
   the checkpoint exact). Tied embeddings are untied on save: the input embedding is
   orthogonalised, the unembedding keeps the original matrix (orthogonalising it would change the
-  logits, which hook ablation leaves alone); the zoo's organisms tie them.
+  logits, which hook ablation leaves alone); the zoo's organisms tie them. Beyond the reference,
+  ``layer_weights`` writes ``search.py``'s weighted ablation (W ← W − w_l r̂r̂ᵀW per layer).
 - **Selection** (B3): per candidate, bypass (mean score on harmful val under ablation), induce
   (mean score on harmless val with act-add at l) and KL (last-position KL(base ‖ ablated) on
   harmless val); discard NaN, l ≥ ⌊0.8L⌋, KL > 0.1, induce < 0; pick the minimum bypass
@@ -324,48 +325,49 @@ def activation_addition(model, direction, layer: int, *, coeff: float = 1.0, pos
 
 
 # ----- weight orthogonalisation ---------------------------------------------------------------------------------
-def _project_out(w: torch.Tensor, u: torch.Tensor, axis: int) -> torch.Tensor:
-    """W − (component of W along u on ``axis``), in float64, cast back to W's dtype."""
+def _project_out(w: torch.Tensor, u: torch.Tensor, axis: int, weight: float = 1.0) -> torch.Tensor:
+    """W − weight · (component of W along u on ``axis``), in float64, cast back to W's dtype."""
     x = w.detach().double()
     u = u.to(x.device)
     x = torch.movedim(x, axis, -1)
-    x = x - (x @ u).unsqueeze(-1) * u
+    x = x - weight * (x @ u).unsqueeze(-1) * u
     return torch.movedim(x, -1, axis).to(w.dtype)
 
 
-def _writers(model) -> list[tuple[str, torch.Tensor, int]]:
-    """(state-dict name, tensor, output axis) of every weight or bias writing into the residual stream."""
+def _writers(model) -> list[tuple[str, torch.Tensor, int, int]]:
+    """(state-dict name, tensor, output axis, layer) of every weight or bias writing into the residual
+    stream; the embedding counts as layer 0."""
     ad, hf = model.adapter, model.hf
     embed = hf.get_submodule(ad.embed)
     if ad.family == "gpt2" or not isinstance(embed, torch.nn.Embedding):
         raise ValueError(f"weight orthogonalisation supports the Llama-style families (llama, qwen2, qwen3 and the MoE "
                          f"ones); {model.spec} is {ad.family} (learned position embeddings, Conv1D projections). "
                          "Use directional_ablation(model, r) with model.intervene instead")
-    out = [(f"{ad.embed}.weight", embed.weight, 1)]
+    out = [(f"{ad.embed}.weight", embed.weight, 1, 0)]
     for L in range(model.n_layers):
         prefix = f"{ad.layers}.{L}"
         o_proj = model.layers[L].get_submodule(ad.layer_o_proj)
         if not isinstance(o_proj, torch.nn.Linear):
             raise ValueError(f"layer {L}'s {ad.layer_o_proj} is a {type(o_proj).__name__}, not a Linear: weight "
                              "orthogonalisation cannot handle it; use directional_ablation instead")
-        out.append((f"{prefix}.{ad.layer_o_proj}.weight", o_proj.weight, 0))
+        out.append((f"{prefix}.{ad.layer_o_proj}.weight", o_proj.weight, 0, L))
         if o_proj.bias is not None:
-            out.append((f"{prefix}.{ad.layer_o_proj}.bias", o_proj.bias, 0))
+            out.append((f"{prefix}.{ad.layer_o_proj}.bias", o_proj.bias, 0, L))
         mlp = model.layers[L].get_submodule(ad.layer_mlp)
         found = []
         for mod_name, mod in mlp.named_modules():
             path = f"{prefix}.{ad.layer_mlp}" + (f".{mod_name}" if mod_name else "")
             if isinstance(mod, torch.nn.Linear) and mod_name.split(".")[-1] == "down_proj":
-                found.append((f"{path}.weight", mod.weight, 0))
+                found.append((f"{path}.weight", mod.weight, 0, L))
                 if mod.bias is not None:
-                    found.append((f"{path}.bias", mod.bias, 0))
+                    found.append((f"{path}.bias", mod.bias, 0, L))
             elif isinstance(getattr(mod, "down_proj", None), torch.nn.Parameter) and mod.down_proj.dim() == 3:
                 # routed experts stored as one (experts, out, in) tensor, (experts, in, out) when transposed
-                found.append((f"{path}.down_proj", mod.down_proj, 2 if getattr(mod, "is_transposed", False) else 1))
+                found.append((f"{path}.down_proj", mod.down_proj, 2 if getattr(mod, "is_transposed", False) else 1, L))
                 bias = getattr(mod, "down_proj_bias", None)
                 if isinstance(bias, torch.Tensor):
-                    found.append((f"{path}.down_proj_bias", bias, bias.dim() - 1))
-        if not any(name.endswith(("down_proj.weight", ".down_proj")) for name, _, _ in found):
+                    found.append((f"{path}.down_proj_bias", bias, bias.dim() - 1, L))
+        if not any(name.endswith(("down_proj.weight", ".down_proj")) for name, *_ in found):
             params = ", ".join(n for n, _ in mlp.named_parameters()) or "none"
             raise ValueError(f"layer {L}'s MLP of {model.spec} has no down_proj (parameters: {params}): weight "
                              "orthogonalisation cannot find what writes into the residual; use directional_ablation")
@@ -377,21 +379,39 @@ def _is_bias(name: str) -> bool:
     return name.endswith(("bias", "_bias"))
 
 
-def orthogonalized_tensors(model, direction, *,
-                           biases: Literal["keep", "orthogonalize"] = "keep") -> dict[str, torch.Tensor]:
+def _layer_weights(model, layer_weights) -> list[float] | None:
+    if layer_weights is None:
+        return None
+    w = [float(x) for x in np.asarray(layer_weights, dtype=float).reshape(-1)]
+    if len(w) != model.n_layers:
+        raise ValueError(f"layer_weights has {len(w)} entries but {model.spec} has {model.n_layers} layers: give one "
+                         "weight per layer")
+    if not all(math.isfinite(x) for x in w):
+        raise ValueError(f"layer_weights {w} has NaN or infinite entries")
+    return w
+
+
+def orthogonalized_tensors(model, direction, *, biases: Literal["keep", "orthogonalize"] = "keep",
+                           layer_weights: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
     """State-dict name → orthogonalised copy of every residual writer (B2: W ← W − r̂r̂ᵀW for the
-    embedding, each ``o_proj``, each MLP ``down_proj``); biases too with ``biases="orthogonalize"``."""
+    embedding, each ``o_proj``, each MLP ``down_proj``); biases too with ``biases="orthogonalize"``.
+    ``layer_weights`` (one per layer; beyond the reference, ``search.py``): W ← W − w_l r̂r̂ᵀW for
+    layer l's writers, the embedding with w_0; writers of a layer with weight 0 are left out."""
     if biases not in ("keep", "orthogonalize"):
         raise ValueError(f"biases is 'keep' (the reference) or 'orthogonalize', got {biases!r}")
     r = _direction(model, direction)
+    weights = _layer_weights(model, layer_weights)
     u = r / r.norm()
     out, kept = {}, []
-    for name, w, axis in _writers(model):
+    for name, w, axis, layer in _writers(model):
+        weight = 1.0 if weights is None else weights[layer]
+        if weight == 0.0:
+            continue
         if _is_bias(name) and biases == "keep":
             if bool((torch.movedim(w.detach().double().cpu(), axis, -1) @ u).abs().max() > 0):
                 kept.append(name)
             continue
-        out[name] = _project_out(w, u, axis)
+        out[name] = _project_out(w, u, axis, weight)
     if kept:
         warnings.warn(f"{len(kept)} residual-writing biases keep their component along r̂ ({kept[0]}, ...): the "
                       "checkpoint differs from hook ablation by it; pass biases='orthogonalize' to remove it",
@@ -410,6 +430,7 @@ def orthogonalize_weights(
     out_dir: str | os.PathLike[str],
     *,
     biases: Literal["keep", "orthogonalize"] = "keep",
+    layer_weights: Sequence[float] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write ``model`` with its residual writers orthogonalised to r̂ (B2) as a new Hugging Face
@@ -417,12 +438,15 @@ def orthogonalize_weights(
     ``out_dir``, loadable by ``AutoModelForCausalLM.from_pretrained`` and ``probes.load_model``.
     Written to a temporary directory beside ``out_dir`` and renamed into place; tied embeddings are
     untied (``tie_word_embeddings=False``, the unembedding keeps the original matrix). Weights keep
-    the model's current dtype (float32 on CPU), so the checkpoint reproduces the hook-ablated logits."""
+    the model's current dtype (float32 on CPU), so the checkpoint reproduces the hook-ablated logits.
+    ``layer_weights``: the weighted orthogonalisation of ``orthogonalized_tensors``, equal to
+    ``search.weighted_ablation(model, r, layer_weights)``."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists: choose a new directory or pass overwrite=True")
     r = _direction(model, direction)
-    new = orthogonalized_tensors(model, r, biases=biases)
+    new = orthogonalized_tensors(model, r, biases=biases, layer_weights=layer_weights)
+    weights = _layer_weights(model, layer_weights)
     hf, tied = model.hf, _tied(model)
     state = dict(hf.state_dict())
     missing = sorted(set(new) - set(state))
@@ -456,7 +480,10 @@ def orthogonalize_weights(
         u = r / r.norm()
         (tmp / "orthogonalization.json").write_text(json.dumps({
             "source": model.spec, "source_weights_hash": model.weights_hash,
-            "spec": "reference/refusal.md B2: W <- W - r_hat r_hat^T W for the embedding, every o_proj and every down_proj",
+            "spec": "reference/refusal.md B2: W <- W - r_hat r_hat^T W for the embedding, every o_proj and every down_proj"
+                    + ("" if weights is None else "; weighted: W <- W - w_l r_hat r_hat^T W for layer l's writers, "
+                       "the embedding with w_0 (probes.refusal.search)"),
+            "layer_weights": weights,
             "direction_norm": float(r.norm()), "unit_direction": u.tolist(),
             "tensors": sorted(new), "biases": biases, "untied_embeddings": tied, "dtype": config.dtype,
         }, indent=2) + "\n")
