@@ -21,7 +21,9 @@ re-answers attack rollouts with part of their thinking (A3); ``heads`` scores ea
 write onto the reference probe at the probe position over the attack rollouts and ablates the most
 negative heads (norm-preserving) against as many random heads (A4); ``direction`` reads diff-in-means
 candidates after the thinking, selects one by B3's filters and measures refusal rates under ablation
-(harmful prompts) and addition at ``</think>`` (harmless prompts); ``report`` draws tables from the
+(harmful prompts) and addition at ``</think>`` (harmless prompts); ``search`` (beyond the reference)
+runs an Optuna search over the ablation's layer and per-layer weight kernel that co-minimises the
+refusal rate on harmful dev texts and the KL on harmless ones, starting from the B3 choice; ``report`` draws tables from the
 saved artifacts only.
 """
 
@@ -42,8 +44,9 @@ from probes.plots.report import rounded
 
 log = logging.getLogger(__name__)
 
-StageName = Literal["collect", "probe", "trajectories", "truncation", "heads", "direction", "report"]
-STAGES: tuple[StageName, ...] = ("collect", "probe", "trajectories", "truncation", "heads", "direction", "report")
+StageName = Literal["collect", "probe", "trajectories", "truncation", "heads", "direction", "search", "report"]
+STAGES: tuple[StageName, ...] = ("collect", "probe", "trajectories", "truncation", "heads", "direction", "search",
+                                 "report")
 GROUPS = ("harmful", "attack", "harmless")
 """Evaluation groups: plain harmful prompts, attacks (wrapped / jailbreak prompts), harmless prompts."""
 PROBES = ("reference", "thinking")
@@ -80,6 +83,7 @@ class RefusalCliffConfig(ExperimentConfig):
     head_samples: int = field(default=2, metadata={"help": "rollouts per attack prompt under each head ablation"})
     direction_positions: list[int] = field(default_factory=lambda: [-3, -2, -1], metadata={
         "help": "positions (from the end of prompt + thinking + </think>) of the direction candidates"})
+    search_trials: int = field(default=30, metadata={"help": "trials of the ablation search (0: skip it)"})
     seed: int = field(default=0, metadata={"help": "seed of the splits, rollouts and bootstrap"})
     stages: list[StageName] = session_field(default_factory=lambda: list(STAGES), help="stages to run, in order")
     batch_size: int = session_field(16, help="prompts per forward / generation batch")
@@ -89,8 +93,8 @@ class RefusalCliffConfig(ExperimentConfig):
             raise ValueError(f"n_train must be >= 4 and n_eval >= 2 (got {self.n_train}, {self.n_eval})")
         if not 0 <= self.temperature <= 2:
             raise ValueError(f"temperature must be in [0, 2], got {self.temperature}")
-        if self.max_new_tokens < 1 or self.batch_size < 1 or self.seed < 0:
-            raise ValueError("max_new_tokens and batch_size must be >= 1 and seed >= 0")
+        if self.max_new_tokens < 1 or self.batch_size < 1 or self.seed < 0 or self.search_trials < 0:
+            raise ValueError("max_new_tokens and batch_size must be >= 1, seed and search_trials >= 0")
         if not self.truncation_fractions or any(not 0 <= f <= 1 for f in self.truncation_fractions):
             raise ValueError(f"truncation_fractions must be shares in [0, 1], got {self.truncation_fractions}")
         if not self.head_counts or min(self.head_counts) < 1 or self.head_draws < 1 or self.head_samples < 1:
@@ -341,12 +345,13 @@ def stage_direction(ctx: Context) -> None:
     if not ctx.done("direction", "selection"):
         harm = [r.probe_text for r in _load(ctx, "train_harmful") if r.closed]
         safe = [r.probe_text for r in _load(ctx, "train_harmless") if r.closed]
-        k = len(harm) // 4
-        cands = candidate_directions(model, harm[k:], safe[len(safe) // 4:], positions=cfg.direction_positions,
-                                     batch_size=cfg.batch_size, progress=True)
+        dev_harm, dev_safe = _dev_texts(ctx)
+        cands = candidate_directions(model, harm[len(dev_harm):], safe[len(dev_safe):],
+                                     positions=cfg.direction_positions, batch_size=cfg.batch_size, progress=True)
+        cands.save(ctx.run.path / "direction" / "candidates")
         try:
-            sel = select_direction(model, cands, harm[:k], safe[:len(safe) // 4], refusal_ids(model),
-                                   batch_size=cfg.batch_size, progress=True)
+            sel = select_direction(model, cands, dev_harm, dev_safe, refusal_ids(model), batch_size=cfg.batch_size,
+                                   progress=True)
         except AllCandidatesFilteredError as e:
             atomic_write_json(ctx.run.path / "direction" / "filtered.json", {"error": str(e)})
             ctx.notes.append("direction: every candidate was filtered out (B3); see direction/filtered.json")
@@ -373,6 +378,33 @@ def stage_direction(ctx: Context) -> None:
                      "example_answer": answers[0]})
     atomic_write_json(ctx.run.path / "direction" / "rates.json", rows)
     ctx.mark("direction", "rates")
+
+
+def _dev_texts(ctx: Context) -> tuple[list[str], list[str]]:
+    """The dev quarter of the probe-training rollouts (``probe_text``), as the direction stage splits them."""
+    harm = [r.probe_text for r in _load(ctx, "train_harmful") if r.closed]
+    safe = [r.probe_text for r in _load(ctx, "train_harmless") if r.closed]
+    return harm[:len(harm) // 4], safe[:len(safe) // 4]
+
+
+def stage_search(ctx: Context) -> None:
+    """Beyond the reference: the Optuna search over the ablation (layer, weight kernel), the B3 choice
+    enqueued as its first trial; refusal counted with a margin (score > −2) so a point just under 0 does
+    not pass for a bypass."""
+    from probes.refusal.direction import DirectionSelection, RefusalCandidates
+    from probes.refusal.search import ScoredRefusal, full_ablation_params, search_ablation
+
+    cfg, model = ctx.cfg, ctx.model
+    if cfg.search_trials == 0 or ctx.done("search") or not ctx.done("direction", "selection"):
+        return
+    sel = DirectionSelection.load(ctx.run.path / "direction" / "selection")
+    cands = RefusalCandidates.load(ctx.run.path / "direction" / "candidates")
+    harm, safe = _dev_texts(ctx)
+    found = search_ablation(model, cands, harm, safe, refusal_ids(model), position=sel.position,
+                            n_trials=cfg.search_trials, seed=cfg.seed, refusal=ScoredRefusal(threshold=-2.0),
+                            enqueue=[full_ablation_params(sel.layer, model.n_layers)], batch_size=cfg.batch_size,
+                            progress=True)
+    found.save(ctx.run.path / "search.json")
 
 
 def _last_position(model, text: str):
@@ -429,6 +461,7 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
         ablation_figure,
         direction_rates_figure,
         head_heatmap,
+        pareto_figure,
         probe_layers_figure,
         sentence_figure,
         trajectory_figure,
@@ -564,6 +597,29 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
                           "refusal_direction_rates", caption="Refusal rates with 95% bootstrap intervals")
         summary["direction"] = {"position": sel.position, "layer": sel.layer,
                                 "rates": {f"{r['prompts']}/{r['condition']}": rounded(r["value"], 4) for r in rates}}
+    search_path = ctx.run.path / "search.json"
+    if search_path.is_file():
+        from probes.refusal.search import AblationSearch
+
+        found = AblationSearch.load(search_path)
+        done = found.complete
+        front = {t.number for t in found.pareto}
+        best = found.best()
+        index = {t.number: i for i, t in enumerate(done)}
+        report.add_heading("Ablation search (beyond the reference)")
+        report.add_figure(pareto_figure([t.refusal_rate for t in done], [t.kl for t in done],
+                                        [index[n] for n in sorted(front) if n in index], best=index.get(best.number),
+                                        labels=[f"trial {t.number}: " + ", ".join(f"{k} {rounded(v)}" for k, v in
+                                                                                   t.params.items()) for t in done]),
+                          "refusal_search_pareto", caption=f"{len(done)} Optuna trials (trial 0: the B3 full "
+                                                           "ablation); refusal counted when the score is above −2")
+        report.add_table([{"trial": t.number, "refusal rate (dev)": rounded(t.refusal_rate), "KL (dev)": rounded(t.kl, 5),
+                           "weights per layer": ", ".join(str(rounded(w, 2)) for w in t.weights),
+                           "chosen": "✓" if t.number == best.number else ""}
+                          for t in sorted(found.pareto, key=lambda t: t.kl)],
+                         caption="Pareto front; chosen: the lowest refusal rate with KL ≤ 0.1")
+        summary["search"] = {"best_trial": best.number, "refusal_rate": rounded(best.refusal_rate, 4),
+                             "kl": rounded(best.kl, 5), "n_trials": len(done)}
     return summary
 
 

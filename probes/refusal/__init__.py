@@ -9,7 +9,9 @@
 * ``trajectory``: r_t at every token, the cliff, per-sentence scores, the mean curve (A3);
 * ``truncation``: refusal rate and r_T against the share of thinking kept (A3);
 * ``heads``: direct head attributions onto the probe and norm-preserving head ablation (A4);
-* ``direction``: diff-in-means candidates, ablation, addition, weight orthogonalisation, selection (B).
+* ``direction``: diff-in-means candidates, ablation, addition, weight orthogonalisation, selection (B);
+* ``search``: beyond the reference, an Optuna search over the ablation's layer and per-layer weight
+  kernel co-minimising refusals on harmful prompts and KL on harmless ones (the Pareto front).
 
 Names below resolve on first use, so importing this package loads nothing heavy.
 """
@@ -34,6 +36,9 @@ _MODULES = {
                   "activation_addition", "candidate_directions", "directional_ablation", "orthogonalize_weights",
                   "post_instruction_positions", "refusal_score", "refusal_scores", "score_candidates",
                   "select_direction"),
+    "search": ("AblationSearch", "JudgedRefusal", "RefusalRate", "ScoredRefusal", "SearchSpace", "SearchTrial",
+               "WeightKernel", "ablation_direction", "evaluate_ablation", "full_ablation_params", "pareto_front",
+               "search_ablation", "weighted_ablation"),
 }
 _EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
 
