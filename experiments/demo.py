@@ -85,7 +85,7 @@ class DemoConfig(ExperimentConfig):
 
         return RefusalCliffConfig(model=self.refusal_model, n_train=self.refusal_train, n_eval=self.refusal_eval,
                                   ood_set=self.refusal_ood, max_new_tokens=160, head_counts=[1], head_draws=2,
-                                  head_samples=1, seed=self.seed, formats=self.formats, device=self.device,
+                                  head_samples=1, cliff_judge_ks=[], seed=self.seed, formats=self.formats, device=self.device,
                                   dtype=self.dtype, **session)
 
 

@@ -23,7 +23,11 @@ negative heads (norm-preserving) against as many random heads (A4); ``direction`
 candidates after the thinking, selects one by B3's filters and measures refusal rates under ablation
 (harmful prompts) and addition at ``</think>`` (harmless prompts); ``search`` (beyond the reference)
 runs an Optuna search over the ablation's layer and per-layer weight kernel that co-minimises the
-refusal rate on harmful dev texts and the KL on harmless ones, starting from the B3 choice; ``report`` draws tables from the
+refusal rate on harmful dev texts and the KL on harmless ones, starting from the B3 choice;
+``cliff_judge`` (zoo organisms) closes A6's loop: the organism's unsafe rollouts on wrapped requests
+ranked by r_T / Δ_cliff, the top k% against random and rule selections of the same size, each written
+as an SFT set, fine-tuned on with the zoo's training code and evaluated on held-out wrapped and
+harmless requests (``probes.zoo.cliff_judge``); ``report`` draws tables from the
 saved artifacts only.
 """
 
@@ -44,9 +48,10 @@ from probes.plots.report import rounded
 
 log = logging.getLogger(__name__)
 
-StageName = Literal["collect", "probe", "trajectories", "truncation", "heads", "direction", "search", "report"]
+StageName = Literal["collect", "probe", "trajectories", "truncation", "heads", "direction", "search", "cliff_judge",
+                    "report"]
 STAGES: tuple[StageName, ...] = ("collect", "probe", "trajectories", "truncation", "heads", "direction", "search",
-                                 "report")
+                                 "cliff_judge", "report")
 GROUPS = ("harmful", "attack", "harmless")
 """Evaluation groups: plain harmful prompts, attacks (wrapped / jailbreak prompts), harmless prompts."""
 PROBES = ("reference", "thinking")
@@ -83,6 +88,10 @@ class RefusalCliffConfig(ExperimentConfig):
     head_samples: int = field(default=2, metadata={"help": "rollouts per attack prompt under each head ablation"})
     direction_positions: list[int] = field(default_factory=lambda: [-3, -2, -1], metadata={
         "help": "positions (from the end of prompt + thinking + </think>) of the direction candidates"})
+    cliff_judge_ks: list[float] = field(default_factory=lambda: [0.125, 0.25], metadata={
+        "help": "Cliff-as-a-Judge: selected shares of the unsafe pool (zoo organisms; [] to skip)"})
+    cliff_judge_pool: int = field(default=150, metadata={"help": "Cliff-as-a-Judge: wrapped requests in the pool"})
+    cliff_judge_eval: int = field(default=100, metadata={"help": "Cliff-as-a-Judge: held-out requests per set"})
     search_trials: int = field(default=30, metadata={"help": "trials of the ablation search (0: skip it)"})
     seed: int = field(default=0, metadata={"help": "seed of the splits, rollouts and bootstrap"})
     stages: list[StageName] = session_field(default_factory=lambda: list(STAGES), help="stages to run, in order")
@@ -97,6 +106,8 @@ class RefusalCliffConfig(ExperimentConfig):
             raise ValueError("max_new_tokens and batch_size must be >= 1, seed and search_trials >= 0")
         if not self.truncation_fractions or any(not 0 <= f <= 1 for f in self.truncation_fractions):
             raise ValueError(f"truncation_fractions must be shares in [0, 1], got {self.truncation_fractions}")
+        if any(not 0 < k <= 1 for k in self.cliff_judge_ks) or self.cliff_judge_pool < 1 or self.cliff_judge_eval < 1:
+            raise ValueError(f"cliff_judge_ks must be shares in (0, 1] (got {self.cliff_judge_ks}); pool and eval >= 1")
         if not self.head_counts or min(self.head_counts) < 1 or self.head_draws < 1 or self.head_samples < 1:
             raise ValueError(f"head_counts must be positive ({self.head_counts}); head_draws and head_samples >= 1")
         if not self.direction_positions or any(p >= 0 for p in self.direction_positions):
@@ -407,6 +418,23 @@ def stage_search(ctx: Context) -> None:
     found.save(ctx.run.path / "search.json")
 
 
+def stage_cliff_judge(ctx: Context) -> None:
+    """A6's closed loop on a zoo organism (``probes.zoo.cliff_judge``, resumable in ``cliff_judge/``);
+    other models get a note: the loop fine-tunes with the zoo's training code on its synthetic pool."""
+    from probes.zoo.cliff_judge import CliffJudgeConfig, run_cliff_judge
+
+    cfg = ctx.cfg
+    if not cfg.cliff_judge_ks or ctx.done("cliff_judge"):
+        return
+    if not cfg.model.startswith("zoo:"):
+        ctx.notes.append("cliff_judge: the closed loop runs on zoo organisms (it fine-tunes with the zoo's "
+                         "training code); use probes.refusal.select to write SFT sets for this model")
+        return
+    jcfg = CliffJudgeConfig(organism=cfg.model, pool_prompts=cfg.cliff_judge_pool, ks=list(cfg.cliff_judge_ks),
+                            random_draws=2, eval_n=cfg.cliff_judge_eval, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens)
+    run_cliff_judge(jcfg, ctx.run.path / "cliff_judge", model=ctx.model, progress=True)
+
+
 def _last_position(model, text: str):
     """The absolute position of the text's last token (``</think>`` or the whitespace after it)."""
     from probes.models.positions import Span
@@ -620,7 +648,43 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
                          caption="Pareto front; chosen: the lowest refusal rate with KL ≤ 0.1")
         summary["search"] = {"best_trial": best.number, "refusal_rate": rounded(best.refusal_rate, 4),
                              "kl": rounded(best.kl, 5), "n_trials": len(done)}
+    judged = _read(ctx, "cliff_judge/result.json")
+    if judged:
+        add_cliff_judge_section(report, judged, summary)
     return summary
+
+
+def add_cliff_judge_section(report, judged: dict, summary: dict) -> None:
+    """A6: held-out wrapped refusal after fine-tuning on each selection, against the untrained organism."""
+    from probes.plots.refusal import selection_figure
+
+    rows = judged["rows"]
+    base = next(r for r in rows if r["criterion"] == "untrained")
+    ks = sorted({r["k"] for r in rows if r["criterion"] != "untrained"})
+    curves = {}
+    for crit in ("r_T", "cliff", "random", "rule"):
+        per_k = []
+        for k in ks:
+            got = [r["wrapped"] for r in rows if r["criterion"] == crit and r["k"] == k]
+            if got:  # several draws (random, rule): their mean and the range of their intervals
+                per_k.append((float(np.mean([g[0] for g in got])), min(g[1] for g in got), max(g[2] for g in got)))
+        if len(per_k) == len(ks):
+            curves[crit] = per_k
+    report.add_heading("Cliff-as-a-Judge (A6)")
+    pool = judged["pool"]
+    report.add_text(f"Pool: {pool['closed']} rollouts on {pool['prompts']} training-stream wrapped requests, "
+                    f"{pool['unsafe']} unsafe (frames {pool['unsafe_frames']}); each selection is an SFT set of the "
+                    "organism's own thinking, its </think> and a refusal, fine-tuned on for the same steps.")
+    report.add_figure(selection_figure(ks, curves, untrained=tuple(base["wrapped"])), "refusal_cliff_judge",
+                      caption="Refusal rate on held-out wrapped requests after fine-tuning; random and rule: the mean "
+                              "of their draws, the bar spans the draws' intervals")
+    report.add_table([{"selection": r["name"], "n": r["n"], "frames (poem/play/dream/game/story)":
+                       "/".join(str(v) for v in r.get("frames", {}).values()),
+                       "wrapped refusal [95% CI]": f"{rounded(r['wrapped'][0])} [{rounded(r['wrapped'][1])}, "
+                                                   f"{rounded(r['wrapped'][2])}]",
+                       "harmless refusal": rounded(r["harmless"][0])} for r in rows],
+                     caption="Per selection: what it holds, held-out wrapped and harmless refusal rates")
+    summary["cliff_judge"] = {r["name"]: rounded(r["wrapped"][0], 4) for r in rows}
 
 
 EXPERIMENT = Experiment(

@@ -10,6 +10,8 @@
 * ``truncation``: refusal rate and r_T against the share of thinking kept (A3);
 * ``heads``: direct head attributions onto the probe and norm-preserving head ablation (A4);
 * ``direction``: diff-in-means candidates, ablation, addition, weight orthogonalisation, selection (B);
+* ``select``: Cliff-as-a-Judge data selection (r_T ascending or Δ_cliff descending), random and rule
+  baselines, the SFT records (A6); ``probes.zoo.cliff_judge`` closes the loop on the zoo;
 * ``search``: beyond the reference, an Optuna search over the ablation's layer and per-layer weight
   kernel co-minimising refusals on harmful prompts and KL on harmless ones (the Pareto front).
 
@@ -36,6 +38,8 @@ _MODULES = {
                   "activation_addition", "candidate_directions", "directional_ablation", "orthogonalize_weights",
                   "post_instruction_positions", "refusal_score", "refusal_scores", "score_candidates",
                   "select_direction"),
+    "select": ("RULE_WINDOW", "SELECTION_CRITERIA", "CliffJudgeSelection", "load_sft", "n_selected", "save_sft",
+               "select_by_probe", "select_by_rule", "select_random", "sft_record"),
     "search": ("AblationSearch", "JudgedRefusal", "RefusalRate", "ScoredRefusal", "SearchSpace", "SearchTrial",
                "WeightKernel", "ablation_direction", "evaluate_ablation", "full_ablation_params", "pareto_front",
                "search_ablation", "weighted_ablation"),

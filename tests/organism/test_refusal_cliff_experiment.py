@@ -9,7 +9,8 @@ from experiments.refusal_cliff import EXPERIMENT, RefusalCliffConfig, prepare
 from probes.harness import HarnessError
 
 SMALL = dict(n_train=8, n_eval=4, ood_set="", max_new_tokens=160, truncation_fractions=[0.0, 1.0], formats=["html"],
-             head_counts=[1], head_draws=1, head_samples=1, search_trials=3,
+             head_counts=[1], head_draws=1, head_samples=1, search_trials=3, cliff_judge_ks=[0.5], cliff_judge_pool=8,
+             cliff_judge_eval=4,
              batch_size=8)
 
 
@@ -22,10 +23,11 @@ def run(tmp_path_factory):
 def test_every_stage_writes_its_artifacts_and_the_report(run):
     ctx, _ = run
     p = ctx.run.path
-    assert all(ctx.done(s) for s in ("collect", "probe", "trajectories", "truncation", "heads", "direction", "search",
+    assert all(ctx.done(s) for s in ("collect", "probe", "trajectories", "truncation", "heads", "direction", "search", "cliff_judge",
                                      "report"))
     assert (p / "heads" / "ablation_k1.summary.json").is_file() and "Suppression heads" in (p / "report.html").read_text()
     assert json.loads((p / "search.json").read_text()) and "Ablation search" in (p / "report.html").read_text()
+    assert (p / "cliff_judge" / "result.json").is_file() and "Cliff-as-a-Judge" in (p / "report.html").read_text()
     probes = json.loads((p / "probe" / "summary.json").read_text())
     assert probes["reference"]["site"] == "final_norm" and probes["thinking"]["site"] == "resid_post[1]"
     assert probes["n_refusal"] >= 6 and probes["n_non_refusal"] >= 6
