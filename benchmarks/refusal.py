@@ -37,7 +37,7 @@ def main() -> None:
 
     from probes import load_model
     from probes.refusal.probe import Probe
-    from probes.refusal.rollouts import rollouts
+    from probes.refusal.rollout import rollouts
     from probes.refusal.trajectory import trajectories
     from probes.zoo.refusal_prompts import load_prompts
 

@@ -179,7 +179,7 @@ def _rollouts_path(ctx: Context, name: str) -> Path:
 
 
 def _load(ctx: Context, name: str):
-    from probes.refusal.rollouts import load_rollouts
+    from probes.refusal.rollout import load_rollouts
 
     return load_rollouts(_rollouts_path(ctx, name))
 
@@ -187,7 +187,7 @@ def _load(ctx: Context, name: str):
 # ----- stages --------------------------------------------------------------------------------------
 def stage_collect(ctx: Context) -> None:
     """Rollouts of every prompt list (one unit per list)."""
-    from probes.refusal.rollouts import rollouts, save_rollouts, unclosed
+    from probes.refusal.rollout import rollouts, save_rollouts, unclosed
 
     cfg, inp = ctx.cfg, ctx.inputs
     lists = {f"train_{k}": v for k, v in inp.train.items()} | {f"eval_{k}": v for k, v in inp.eval.items()}

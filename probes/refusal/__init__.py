@@ -3,7 +3,7 @@
 
 * ``prompts``: one record schema, seeded splits, public sets by name (``probes.zoo.refusal_prompts``
   adds the zoo's offline sets and resolves every name);
-* ``rollouts``: the model's own rollouts, thinking and answer split at ``</think>`` (A1);
+* ``rollout``: the model's own rollouts, thinking and answer split at ``</think>`` (A1);
 * ``judges``: keyword, OpenAI-compatible endpoint and local classifier judges of the answer (A5, B4);
 * ``probe``: the linear ``Probe`` (A2), layer sweep, accuracy and AUROC with intervals;
 * ``trajectory``: r_t at every token, the cliff, per-sentence scores, the mean curve (A3);
@@ -25,7 +25,7 @@ import importlib
 _MODULES = {
     "prompts": ("PUBLIC_SETS", "Loader", "PromptRecord", "PromptSet", "PromptSetUnavailableError", "PublicSet",
                 "load_prompts", "load_public"),
-    "rollouts": ("RefusalRollout", "load_rollouts", "rollouts", "save_rollouts", "unclosed"),
+    "rollout": ("RefusalRollout", "load_rollouts", "rollouts", "save_rollouts", "unclosed"),
     "judges": ("ARDITI_REFUSAL_SUBSTRINGS", "ClassifierJudge", "EndpointJudge", "JudgeEndpointError", "Judge",
                "KeywordJudge", "Verdict", "arditi_unsafe", "refusalcliff_unsafe"),
     "probe": ("AdamBCE", "Probe", "ProbeEvaluation", "SklearnLogistic", "balanced_split", "evaluate_probe",

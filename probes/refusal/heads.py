@@ -50,7 +50,7 @@ from probes.io import load_artifact, save_artifact
 from probes.models.interventions import NormScope, ScaleHeads
 from probes.models.sites import Site
 from probes.refusal.probe import Probe, probe_features
-from probes.refusal.rollouts import RefusalRollout, rollouts
+from probes.refusal.rollout import RefusalRollout, rollouts
 
 __all__ = [
     "AblationArm",

@@ -66,7 +66,7 @@ from probes.refusal.direction import (
     refusal_score,
 )
 from probes.refusal.judges import Judge, KeywordJudge
-from probes.refusal.rollouts import RefusalRollout
+from probes.refusal.rollout import RefusalRollout
 from probes.steering.directions import Contrast
 from probes.steering.selection import next_token_kl
 

@@ -45,7 +45,7 @@ import numpy as np
 from probes.io import atomic_write_text, load_artifact, save_artifact
 from probes.models.chat import split_thinking
 from probes.refusal.judges import KeywordJudge
-from probes.refusal.rollouts import RefusalRollout
+from probes.refusal.rollout import RefusalRollout
 
 __all__ = [
     "RULE_WINDOW",

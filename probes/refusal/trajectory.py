@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from probes.anchors.split import split_chunks
 from probes.models.chat import split_thinking
 from probes.refusal.probe import Probe
-from probes.refusal.rollouts import RefusalRollout
+from probes.refusal.rollout import RefusalRollout
 
 __all__ = ["PADDINGS", "Trajectory", "mean_curve", "sentence_curve", "trajectories"]
 

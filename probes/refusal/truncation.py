@@ -18,7 +18,7 @@ from probes.anchors.split import split_chunks
 from probes.evals.stats import Accuracy, Estimate, accuracy, bootstrap_ci
 from probes.models.chat import split_thinking
 from probes.refusal.probe import Probe
-from probes.refusal.rollouts import RefusalRollout
+from probes.refusal.rollout import RefusalRollout
 from probes.steering.directions import LastToken, read_activations
 
 __all__ = ["TruncationPoint", "thinking_truncation", "truncated_text"]

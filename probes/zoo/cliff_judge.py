@@ -46,7 +46,7 @@ import numpy as np
 from probes.config import Config
 from probes.io import atomic_write_json
 from probes.refusal.judges import ARDITI_REFUSAL_SUBSTRINGS
-from probes.refusal.rollouts import RefusalRollout, load_rollouts, rollouts, save_rollouts
+from probes.refusal.rollout import RefusalRollout, load_rollouts, rollouts, save_rollouts
 from probes.refusal.select import (
     RULE_WINDOW,
     SELECTION_CRITERIA,

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from probes.models.chat import THINK_CLOSE
-from probes.refusal.rollouts import RefusalRollout, load_rollouts
+from probes.refusal.rollout import RefusalRollout, load_rollouts
 from probes.refusal.select import n_selected, sft_record
 from probes.zoo.cliff_judge import CliffJudgeConfig, run_cliff_judge, safe_completion
 from probes.zoo.finetune import finetune

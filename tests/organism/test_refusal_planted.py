@@ -12,7 +12,7 @@ import pytest
 from probes.evals.stats import auroc
 from probes.refusal.judges import KeywordJudge
 from probes.refusal.probe import SklearnLogistic, train_probe
-from probes.refusal.rollouts import rollouts
+from probes.refusal.rollout import rollouts
 from probes.refusal.trajectory import trajectories
 from probes.steering.directions import LastToken, ThinkingMean
 from probes.zoo.refusal_prompts import load_prompts

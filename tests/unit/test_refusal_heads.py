@@ -228,7 +228,7 @@ def test_ablate_heads_end_to_end_on_the_zoo_organism():
     same seeds, the zoo's keyword judge sees the answers, the top heads are the most negative ones."""
     import probes
     from probes.refusal.probe import train_probe
-    from probes.refusal.rollouts import rollouts
+    from probes.refusal.rollout import rollouts
     from probes.zoo.tasks import refusal
 
     model = probes.load_model("zoo:refusal-reasoner", device="cpu", dtype="float32")

@@ -19,7 +19,7 @@ from probes.refusal.probe import (
     probe_features,
     train_probe,
 )
-from probes.refusal.rollouts import RefusalRollout, load_rollouts, rollouts, save_rollouts, unclosed
+from probes.refusal.rollout import RefusalRollout, load_rollouts, rollouts, save_rollouts, unclosed
 from probes.steering.directions import LastToken, SpanMean
 
 

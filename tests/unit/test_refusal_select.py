@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from probes.refusal.rollouts import RefusalRollout
+from probes.refusal.rollout import RefusalRollout
 from probes.refusal.select import (
     CliffJudgeSelection,
     load_sft,

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from probes.refusal.probe import Probe
-from probes.refusal.rollouts import RefusalRollout
+from probes.refusal.rollout import RefusalRollout
 from probes.refusal.trajectory import Trajectory, mean_curve, sentence_curve, trajectories
 
 

@@ -5,7 +5,7 @@ import torch
 
 from probes.refusal.judges import KeywordJudge
 from probes.refusal.probe import Probe
-from probes.refusal.rollouts import RefusalRollout
+from probes.refusal.rollout import RefusalRollout
 from probes.refusal.truncation import thinking_truncation, truncated_text
 
 R = RefusalRollout("q", "<P><think>", "First step. Second step here.\n</think>\n\nI cannot.", "eos", None)
