@@ -100,6 +100,9 @@ def test_bad_input_is_refused_before_the_model_loads(setup, capsys):
         prepare(SteeringConfig(layers=[1, 7]))
     with pytest.raises(ValueError, match="n_examples"):
         SteeringConfig(n_examples=2)
+    for bad in ({"seed": -1}, {"n_boot": 0}):
+        with pytest.raises(ValueError, match="seed must be >= 0 and n_boot >= 1"):
+            SteeringConfig(**bad)
     with pytest.raises(ValueError, match="resid_post\\[5\\]|layer 5"):  # a layer beyond the tiny model: checked on load
         exp.run(SteeringConfig(**{**cfg, "layers": [5]}))
 
