@@ -326,9 +326,11 @@ def add_refusal_section(ctx: Context, report) -> dict[str, Any]:
     ood = f", and AUROC {_est_text(ref['ood']['auroc'])} on requests written by hand" if "auroc" in ref.get("ood", {}) else ""
     report.add_text(f"{rcfg.model} answered {rcfg.n_eval} new plain harmful, wrapped ('attack') and harmless requests "
                     f"(T = {rcfg.temperature:g}). A linear probe on the final-layer state before the answer (A2) "
-                    f"separates refusals from answers with validation accuracy {rounded(ref['val_accuracy'])}{ood}. Read across the thinking (a probe on {thk['site']}), refusal intent rises once the "
-                    f"request is judged forbidden and falls at the last sentence of wrapped requests: the cliff. "
-                    f"Full report: {where}/report.html.")
+                    f"separates refusals from answers with validation accuracy {rounded(ref['val_accuracy'])}{ood}. "
+                    f"Read across the thinking (a probe on {thk['site']}), the largest fall of refusal intent between "
+                    f"consecutive sentences is at the last thinking sentence in {_share_at_last(per.get('attack'))} "
+                    f"of the wrapped requests and {_share_at_last(per.get('harmful'))} of the plain harmful ones "
+                    f"(the cliff). Full report: {where}/report.html.")
     report.add_figure(sentence_figure({g: np.array(t["sentence_curve"]) for g, t in per.items()},
                                       {g: t["example_sentences"] for g, t in per.items()},
                                       title="Refusal intent per thinking sentence"),
@@ -338,7 +340,8 @@ def add_refusal_section(ctx: Context, report) -> dict[str, Any]:
     for g, t in per.items():
         out[g] = {"r_T": rounded(float(np.mean(t["r_T"])), 4), "cliff": rounded(float(np.nanmean(t["cliff"])), 4),
                   "refused": rounded(float(np.mean(t["refused"])), 4)}
-    report.add_table([{"prompts": g, "refused": v["refused"], "mean r_T": v["r_T"], "mean Δ_cliff": v["cliff"]}
+    report.add_table([{"prompts": g, "refused": rounded(v["refused"]), "mean r_T": rounded(v["r_T"]),
+                       "mean Δ_cliff": rounded(v["cliff"])}
                       for g, v in out.items() if g != "run"],
                      caption="Δ_cliff = max over the thinking of r_t − r_T (thinking probe)")
     rates = R._read(rctx, "direction/rates.json")
@@ -350,6 +353,14 @@ def add_refusal_section(ctx: Context, report) -> dict[str, Any]:
                                                        "direction is a difference of means at </think> (B2-B3)")
         out["direction"] = {f"{r['prompts']}/{r['condition']}": rounded(r["value"], 4) for r in rates}
     return out
+
+
+def _share_at_last(t: dict | None) -> str:
+    """The share of rollouts whose largest per-sentence drop is at the last thinking sentence, as a percentage."""
+    if not t:
+        return "n/a"
+    flags = [c == len(s) - 1 for c, s in zip(t["cliff_sentence"], t["sentence_scores"]) if c is not None]
+    return f"{round(100 * sum(flags) / len(flags))}%" if flags else "n/a"
 
 
 def _est_text(e: dict) -> str:
