@@ -89,7 +89,8 @@ class RefusalCliffConfig(ExperimentConfig):
     direction_positions: list[int] = field(default_factory=lambda: [-3, -2, -1], metadata={
         "help": "positions (from the end of prompt + thinking + </think>) of the direction candidates"})
     cliff_judge_ks: list[float] = field(default_factory=lambda: [0.125, 0.25], metadata={
-        "help": "Cliff-as-a-Judge: selected shares of the unsafe pool (zoo organisms; [] to skip)"})
+        "help": "Cliff-as-a-Judge: selected shares of the unsafe pool (zoo organisms; leave cliff_judge out of "
+                "--stages to skip it)"})
     cliff_judge_pool: int = field(default=150, metadata={"help": "Cliff-as-a-Judge: wrapped requests in the pool"})
     cliff_judge_eval: int = field(default=100, metadata={"help": "Cliff-as-a-Judge: held-out requests per set"})
     search_trials: int = field(default=30, metadata={"help": "trials of the ablation search (0: skip it)"})
@@ -280,6 +281,7 @@ def stage_trajectories(ctx: Context) -> None:
                 "last_sentence": [t.sentence_texts[-1] if t.sentences else "" for t in tj],
                 "curve": mean_curve([t.until_answer for t in tj]).tolist(),
                 "curve_zero_padded": mean_curve([t.until_answer for t in tj], padding="zero").tolist(),
+                "curve_binned": mean_curve([t.until_answer for t in tj], resample="bins").tolist(),
                 "sentence_curve": sentence_curve(tj).tolist(), "example_sentences": list(texts)})
             ctx.mark("trajectories", unit, n=len(tj))
 
@@ -551,11 +553,12 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
             per = {g: t for g in GROUPS if (t := _read(ctx, f"trajectories/{kind}_{g}.json")) is not None}
             if not per:
                 continue
-            report.add_figure(trajectory_figure({g: np.array(t["curve"]) for g, t in per.items()},
+            report.add_figure(trajectory_figure({g: np.array(t.get("curve_binned", t["curve"])) for g, t in per.items()},
                                                 title=f"{kind.capitalize()} probe: mean refusal score r_t"),
                               f"refusal_trajectory_{kind}",
                               caption="Right-aligned at the probe position (1 = the last token before the answer), "
-                                      "masked mean over rollouts, resampled to 100 points (A3)")
+                                      "masked mean over rollouts, averaged in 100 equal bins (A3 resamples with a "
+                                      "cubic spline, saved as 'curve': on templated traces it aliases)")
             report.add_figure(sentence_figure({g: np.array(t["sentence_curve"]) for g, t in per.items()},
                                               {g: t["example_sentences"] for g, t in per.items()},
                                               title=f"{kind.capitalize()} probe: mean r per thinking sentence"),

@@ -279,6 +279,7 @@ def ablation_figure(
     fig.add_hline(y=b, line_dash="dash", line_color="black", annotation_text=f"no ablation {b:.3f}")
     fig.update_layout(title=title or f"{metric} after ablating top vs random heads", xaxis_title="heads ablated (k)",
                       yaxis_title=metric, legend_title="heads")
+    fig.update_xaxes(tickmode="array", tickvals=k.tolist())  # head counts are whole numbers
     return fig
 
 

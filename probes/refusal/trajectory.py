@@ -33,9 +33,10 @@ from probes.models.chat import split_thinking
 from probes.refusal.probe import Probe
 from probes.refusal.rollout import RefusalRollout
 
-__all__ = ["PADDINGS", "Trajectory", "mean_curve", "sentence_curve", "trajectories"]
+__all__ = ["PADDINGS", "RESAMPLING", "Trajectory", "mean_curve", "sentence_curve", "trajectories"]
 
 PADDINGS = ("masked", "zero")
+RESAMPLING = ("cubic", "bins")
 LATE_WINDOW = 16
 """Thinking tokens in the late-window variant of Δ_cliff (our choice; the spec gives no size)."""
 
@@ -165,16 +166,25 @@ def _aligned_mean(rows: Sequence[np.ndarray], padding: str) -> np.ndarray:
     return total / (count if padding == "masked" else len(rows))
 
 
-def mean_curve(rows: Sequence[np.ndarray], *, points: int = 100, padding: str = "masked") -> np.ndarray:
+def mean_curve(rows: Sequence[np.ndarray], *, points: int = 100, padding: str = "masked",
+               resample: str = "cubic") -> np.ndarray:
     """A3's mean curve: right-aligned, averaged (masked mean, or ``padding="zero"`` as the reference),
-    resampled to ``points`` values by a cubic spline over [0, 1] (linear below 4 positions)."""
+    resampled to ``points`` values over [0, 1]: by a cubic spline as the reference (linear below 4
+    positions), or ``resample="bins"``: the mean of each of ``points`` equal bins of positions, which
+    does not alias when many positions fall between two points (templated traces make the per-token
+    mean jump from token to token, and a spline through it then overshoots)."""
     from scipy.interpolate import make_interp_spline
 
     if points < 2:
         raise ValueError(f"points must be at least 2, got {points}")
+    if resample not in RESAMPLING:
+        raise ValueError(f"resample {resample!r}: use one of {RESAMPLING}")
     y = _aligned_mean(rows, padding)
     if y.size == 1:
         return np.full(points, y[0])
+    if resample == "bins" and y.size >= points:
+        edges = np.linspace(0, y.size, points + 1).round().astype(int)
+        return np.array([y[a:b].mean() for a, b in zip(edges[:-1], edges[1:])])
     x = np.linspace(0, 1, y.size)
     return make_interp_spline(x, y, k=min(3, y.size - 1))(np.linspace(0, 1, points))
 

@@ -46,6 +46,11 @@ def test_mean_curve_right_aligns_masked_or_zero_padded():
     x[:15] = long[0][:15]
     np.testing.assert_allclose(mean_curve(long, points=40), x, atol=1e-12)
     np.testing.assert_allclose(mean_curve([np.array([0.3])], points=5), 0.3)
+    # bins: the mean of equal bins of aligned positions (40 positions into 4 bins of 10)
+    np.testing.assert_allclose(mean_curve(long, points=4, resample="bins"), x.reshape(4, 10).mean(1))
+    np.testing.assert_allclose(mean_curve(rows, points=2, resample="bins"), [(1.0 + 3.5) / 2, 5.0])  # 3 → 2 bins
+    with pytest.raises(ValueError, match="resample"):
+        mean_curve(rows, resample="linear")
     with pytest.raises(ValueError, match="padding"):
         mean_curve(rows, padding="left")
     with pytest.raises(ValueError, match="non-empty"):
