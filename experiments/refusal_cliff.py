@@ -226,7 +226,7 @@ def stage_probe(ctx: Context) -> None:
     kinds = {"reference": dict(),
              "thinking": dict(site=thinking_site(cfg, model), read=[ThinkingMean(), LastToken()],
                               fit=SklearnLogistic(C=0.1))}
-    ood = [r for r in _load(ctx, "ood")] if ctx.inputs.ood else []
+    ood = _load(ctx, "ood") if ctx.inputs.ood else []
     labels = [y for r, y in zip(ood, ctx.inputs.ood_labels) if r.closed]
     ood = [r for r in ood if r.closed]
     out: dict[str, Any] = {"n_refusal": len(pos), "n_non_refusal": len(neg)}
@@ -522,7 +522,8 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
                        "OOD AUROC [95% CI]": _ci(probes[k]["ood"]["auroc"]) if "auroc" in probes[k].get("ood", {}) else ""}
                       for k in PROBES if k in probes],
                      caption=f"Refusal class: harmful rollouts that refused ({probes['n_refusal']}); non-refusal: "
-                             f"harmless rollouts answered ({probes['n_non_refusal']}); OOD: {cfg.ood_set}")
+                             f"harmless rollouts answered ({probes['n_non_refusal']}); OOD: {cfg.ood_set}, every "
+                             "probe scored at the last token before the answer (r_T > 0.5 counts as refusal intent)")
     report.add_figure(probe_layers_figure(list(probes["sweep"]), list(probes["sweep"].values()),
                                           title="Reference probe: validation accuracy per hidden state"),
                       "refusal_probe_layers", caption="Layer sweep of the reference probe (last token before the "
