@@ -235,9 +235,10 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
     return v / v.norm(dim=-1, keepdim=True)
 
 
-def _ablate(h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """h − (h·u) u for a unit ``u`` of shape (d,) or (B, 1, d)."""
-    return h - (h * u).sum(-1, keepdim=True) * u if u.dim() > 1 else h - (h @ u).unsqueeze(-1) * u
+def _ablate(h: torch.Tensor, u: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+    """h − weight·(h·u) u for a unit ``u`` of shape (d,) or (B, 1, d)."""
+    c = (h * u).sum(-1, keepdim=True) if u.dim() > 1 else (h @ u).unsqueeze(-1)
+    return h - (c if weight == 1.0 else weight * c) * u
 
 
 def _derived(vec: torch.Tensor, f: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], torch.Tensor]:
@@ -424,10 +425,7 @@ class ProjectOut(SteeringOperator):
     def _edit(self, model, width):
         u = _derived(_steering_vector(model, self.direction, width, "direction", self.site, one_row=True,
                                       needs_direction="project out"), _unit)
-        w = self.weight
-        if w == 1.0:
-            return lambda h: _ablate(h, u())
-        return lambda h: h - w * (h @ u()).unsqueeze(-1) * u()
+        return lambda h: _ablate(h, u(), self.weight)
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)

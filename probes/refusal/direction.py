@@ -384,10 +384,9 @@ def _layer_weights(model, layer_weights) -> list[float] | None:
         return None
     w = [float(x) for x in np.asarray(layer_weights, dtype=float).reshape(-1)]
     if len(w) != model.n_layers:
-        raise ValueError(f"layer_weights has {len(w)} entries but {model.spec} has {model.n_layers} layers: give one "
-                         "weight per layer")
+        raise ValueError(f"{len(w)} weights for {model.spec}'s {model.n_layers} layers: give one weight per layer")
     if not all(math.isfinite(x) for x in w):
-        raise ValueError(f"layer_weights {w} has NaN or infinite entries")
+        raise ValueError(f"the layer weights {w} have NaN or infinite entries")
     return w
 
 

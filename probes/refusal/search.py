@@ -60,6 +60,7 @@ from probes.refusal.direction import (
     RefusalCandidates,
     _direction,
     _last_logits,
+    _layer_weights,
     _refusal_ids,
     _texts,
     orthogonalize_weights,
@@ -172,13 +173,9 @@ def weighted_ablation(model, direction, weights: Sequence[float]) -> tuple[Proje
     """x ← x − w_l (x·r̂) r̂ at ``attn_out[l]`` and ``mlp_out[l]`` and, with w_0, at ``embed``; all
     positions; layers with weight 0 get no hook. Use as ``with model.intervene(*ivs)``."""
     r = _direction(model, direction)
-    w = np.asarray(weights, dtype=float).reshape(-1)
-    if w.shape[0] != model.n_layers:
-        raise ValueError(f"{w.shape[0]} weights for {model.spec}'s {model.n_layers} layers: give one weight per layer")
-    if not np.isfinite(w).all():
-        raise ValueError(f"the layer weights {w.tolist()} have NaN or infinite entries")
+    w = _layer_weights(model, weights)
     sites = [("embed", w[0])] + [(f"{s}[{L}]", w[L]) for L in range(model.n_layers) for s in ("attn_out", "mlp_out")]
-    return tuple(ProjectOut(site=s, direction=r, weight=float(x)) for s, x in sites if x != 0)
+    return tuple(ProjectOut(site=s, direction=r, weight=x) for s, x in sites if x != 0)
 
 
 # ----- objectives -------------------------------------------------------------------------------------------------
