@@ -101,9 +101,8 @@ class CliffJudgeSelection:
     def __post_init__(self):
         if self.criterion not in SELECTION_CRITERIA:
             raise ValueError(f"criterion {self.criterion!r}: use one of {SELECTION_CRITERIA}")
-        for name in ("indices", "ids", "scores"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(self, "indices", tuple(int(i) for i in self.indices))
+        object.__setattr__(self, "ids", tuple(self.ids))
         object.__setattr__(self, "scores", tuple(float(s) for s in self.scores))
         if not 0 < self.k <= 1:
             raise ValueError(f"k is a fraction in (0, 1], got {self.k}")
@@ -140,13 +139,17 @@ class CliffJudgeSelection:
         return cls(indices=tuple(arrays["indices"].tolist()), scores=tuple(arrays["scores"].tolist()), **fields)
 
 
-def _ids(ids: Sequence[str] | None, n: int) -> tuple[str, ...]:
+def _selection(criterion: str, k: float, n_pool: int, order: np.ndarray, ids: Sequence[str] | None,
+               scores: Sequence[float], **extra: Any) -> CliffJudgeSelection:
+    """The selection of pool positions ``order``, named by ``ids`` (default: the positions)."""
     if ids is None:
-        return tuple(str(i) for i in range(n))
-    ids = tuple(str(i) for i in ids)
-    if len(ids) != n:
-        raise ValueError(f"{len(ids)} ids for a pool of {n}: give one id per item")
-    return ids
+        names = tuple(str(i) for i in range(n_pool))
+    else:
+        names = tuple(str(i) for i in ids)
+        if len(names) != n_pool:
+            raise ValueError(f"{len(names)} ids for a pool of {n_pool}: give one id per item")
+    return CliffJudgeSelection(criterion=criterion, k=k, n_pool=n_pool, indices=tuple(order.tolist()),
+                               ids=tuple(names[i] for i in order), scores=tuple(scores), **extra)
 
 
 def select_by_probe(trajectories: Sequence, k: float, criterion: str = "r_T", *,
@@ -160,9 +163,7 @@ def select_by_probe(trajectories: Sequence, k: float, criterion: str = "r_T", *,
     values = np.array([t.r_T if criterion == "r_T" else t.cliff for t in trajectories], dtype=float)
     key = -values if PROBE_CRITERIA[criterion] else values
     order = np.argsort(key, kind="stable")[:n]  # stable: ties by pool order; NaN sorts last
-    names = _ids(ids, len(values))
-    return CliffJudgeSelection(criterion=criterion, k=k, n_pool=len(values), indices=tuple(order.tolist()),
-                     ids=tuple(names[i] for i in order), scores=tuple(values[order].tolist()))
+    return _selection(criterion, k, len(values), order, ids, values[order].tolist())
 
 
 def select_random(n_pool: int, k: float, *, seed: int = 0,
@@ -170,9 +171,7 @@ def select_random(n_pool: int, k: float, *, seed: int = 0,
     """``n_selected(k, n_pool)`` items of the unsafe pool drawn uniformly without replacement (A6.5, seeded)."""
     n = n_selected(k, n_pool)
     order = np.random.default_rng(seed).permutation(n_pool)[:n]
-    names = _ids(ids, n_pool)
-    return CliffJudgeSelection(criterion="random", k=k, n_pool=n_pool, indices=tuple(order.tolist()),
-                     ids=tuple(names[i] for i in order), scores=(math.nan,) * n, seed=seed)
+    return _selection("random", k, n_pool, order, ids, (math.nan,) * n, seed=seed)
 
 
 def select_by_rule(answers: Sequence[str], k: float, *, reference_pool: int, keywords: Sequence[str],
@@ -188,11 +187,9 @@ def select_by_rule(answers: Sequence[str], k: float, *, reference_pool: int, key
         raise ValueError(f"the rule keeps {survivors.size} of {len(answers)} answers (no keyword in the first {window} "
                          f"characters), fewer than the {n} to select: lower k or sample more rollouts")
     order = survivors[np.random.default_rng(seed).permutation(survivors.size)[:n]]
-    names = _ids(ids, len(answers))
-    return CliffJudgeSelection(criterion="rule", k=k, n_pool=len(answers), indices=tuple(order.tolist()),
-                     ids=tuple(names[i] for i in order), scores=(math.nan,) * n, seed=seed,
-                     params={"keywords": list(judge.phrases), "window": window, "survivors": int(survivors.size),
-                             "reference_pool": reference_pool})
+    return _selection("rule", k, len(answers), order, ids, (math.nan,) * n, seed=seed,
+                      params={"keywords": list(judge.phrases), "window": window, "survivors": int(survivors.size),
+                              "reference_pool": reference_pool})
 
 
 def sft_record(rollout: RefusalRollout, safe_completion: str, *, close: str | None = None) -> dict[str, str]:

@@ -38,7 +38,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -163,18 +163,18 @@ def selections(pool: Sequence[RefusalRollout], trajectories: Sequence,
     if len(trajectories) != len(unsafe):
         raise ValueError(f"{len(trajectories)} trajectories for {len(unsafe)} unsafe rollouts: score the unsafe ones")
     ids = [rollout_id(r) for r in unsafe]
+    answers, pool_ids = [r.answer for r in pool], [rollout_id(r) for r in pool]
+    seeds = range(cfg.seed, cfg.seed + cfg.random_draws)
     out = []
     for k in cfg.ks:
         for c in cfg.criteria:
-            if c in ("r_T", "cliff"):
+            if c == "random":
+                out += [select_random(len(unsafe), k, seed=s, ids=ids) for s in seeds]
+            elif c == "rule":
+                out += [select_by_rule(answers, k, reference_pool=len(unsafe), keywords=cfg.rule_keywords,
+                                       window=cfg.rule_window, seed=s, ids=pool_ids) for s in seeds]
+            else:
                 out.append(select_by_probe(trajectories, k, c, ids=ids))
-            for d in range(cfg.random_draws if c in ("random", "rule") else 0):
-                if c == "random":
-                    out.append(select_random(len(unsafe), k, seed=cfg.seed + d, ids=ids))
-                else:
-                    out.append(select_by_rule([r.answer for r in pool], k, reference_pool=len(unsafe),
-                                              keywords=cfg.rule_keywords, window=cfg.rule_window, seed=cfg.seed + d,
-                                              ids=[rollout_id(r) for r in pool]))
     return out
 
 
@@ -341,8 +341,7 @@ def run_cliff_judge(cfg: CliffJudgeConfig | None = None, out_dir: str | Path | N
         t = time.perf_counter()
         trained = make_model()
         got = evaluate_refusal(trained, cfg, progress=progress)
-        got = RefusalEval(got.wrapped, got.harmless, got.wrapped_frames, got.unclosed, got.seconds,
-                          round(time.perf_counter() - t - got.seconds, 2))
+        got = replace(got, train_seconds=round(time.perf_counter() - t - got.seconds, 2))
         if path is not None:
             atomic_write_json(path, got.as_dict(), indent=None)
         return got
