@@ -356,11 +356,11 @@ def add_refusal_section(ctx: Context, report) -> dict[str, Any]:
 
 
 def _share_at_last(t: dict | None) -> str:
-    """The share of rollouts whose largest per-sentence drop is at the last thinking sentence, as a percentage."""
-    if not t:
-        return "n/a"
-    flags = [c == len(s) - 1 for c, s in zip(t["cliff_sentence"], t["sentence_scores"]) if c is not None]
-    return f"{round(100 * sum(flags) / len(flags))}%" if flags else "n/a"
+    """``share_at_last_sentence`` of a group's trajectories as a percentage."""
+    from experiments.refusal_cliff import share_at_last_sentence
+
+    share = share_at_last_sentence(t) if t else None
+    return "n/a" if share is None else f"{round(100 * share)}%"
 
 
 def _est_text(e: dict) -> str:

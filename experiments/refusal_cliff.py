@@ -356,11 +356,9 @@ def stage_direction(ctx: Context) -> None:
     cfg, model, judge = ctx.cfg, ctx.model, judge_for(ctx.cfg)
     path = ctx.run.path / "direction" / "selection"
     if not ctx.done("direction", "selection"):
-        harm = [r.probe_text for r in _load(ctx, "train_harmful") if r.closed]
-        safe = [r.probe_text for r in _load(ctx, "train_harmless") if r.closed]
-        dev_harm, dev_safe = _dev_texts(ctx)
-        cands = candidate_directions(model, harm[len(dev_harm):], safe[len(dev_safe):],
-                                     positions=cfg.direction_positions, batch_size=cfg.batch_size, progress=True)
+        (dev_harm, harm), (dev_safe, safe) = _dev_split(ctx)
+        cands = candidate_directions(model, harm, safe, positions=cfg.direction_positions, batch_size=cfg.batch_size,
+                                     progress=True)
         cands.save(ctx.run.path / "direction" / "candidates")
         try:
             sel = select_direction(model, cands, dev_harm, dev_safe, refusal_ids(model), batch_size=cfg.batch_size,
@@ -393,11 +391,14 @@ def stage_direction(ctx: Context) -> None:
     ctx.mark("direction", "rates")
 
 
-def _dev_texts(ctx: Context) -> tuple[list[str], list[str]]:
-    """The dev quarter of the probe-training rollouts (``probe_text``), as the direction stage splits them."""
-    harm = [r.probe_text for r in _load(ctx, "train_harmful") if r.closed]
-    safe = [r.probe_text for r in _load(ctx, "train_harmless") if r.closed]
-    return harm[:len(harm) // 4], safe[:len(safe) // 4]
+def _dev_split(ctx: Context) -> tuple[tuple[list[str], list[str]], tuple[list[str], list[str]]]:
+    """(dev, rest) of the harmful and of the harmless probe-training rollouts' ``probe_text``: the first
+    quarter selects and searches the direction, the rest makes the candidates."""
+    out = []
+    for name in ("train_harmful", "train_harmless"):
+        texts = [r.probe_text for r in _load(ctx, name) if r.closed]
+        out.append((texts[:len(texts) // 4], texts[len(texts) // 4:]))
+    return out[0], out[1]
 
 
 def stage_search(ctx: Context) -> None:
@@ -412,7 +413,7 @@ def stage_search(ctx: Context) -> None:
         return
     sel = DirectionSelection.load(ctx.run.path / "direction" / "selection")
     cands = RefusalCandidates.load(ctx.run.path / "direction" / "candidates")
-    harm, safe = _dev_texts(ctx)
+    (harm, _), (safe, _) = _dev_split(ctx)
     found = search_ablation(model, cands, harm, safe, refusal_ids(model), position=sel.position,
                             n_trials=cfg.search_trials, seed=cfg.seed, refusal=ScoredRefusal(threshold=-2.0),
                             enqueue=[full_ablation_params(sel.layer, model.n_layers)], batch_size=cfg.batch_size,
@@ -457,6 +458,13 @@ def audit(ctx: Context) -> list[Issue]:
 
 
 # ----- report: saved artifacts only ------------------------------------------------------------------
+def share_at_last_sentence(t: dict) -> float | None:
+    """The share of a group's rollouts (a saved trajectories record) whose largest per-sentence drop is at
+    the last thinking sentence; ``None`` without sentences."""
+    flags = [c == len(s) - 1 for c, s in zip(t["cliff_sentence"], t["sentence_scores"]) if c is not None]
+    return float(np.mean(flags)) if flags else None
+
+
 def _ci(e: dict, digits: int = 3) -> str:
     return f"{rounded(e['value'], digits)} [{rounded(e['lo'], digits)}, {rounded(e['hi'], digits)}]"
 
@@ -503,10 +511,9 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
     if issues or ctx.notes:
         report.add_table([{"file": i.path, "problem": i.problem, "what to do": i.action} for i in issues]
                          + [{"file": "", "problem": n, "what to do": ""} for n in ctx.notes], caption="Issues")
-    counts = [{"rollouts": name, "n": (_read(ctx, f"done/collect/{name}.json") or {}).get("n"),
-               "without </think>": (_read(ctx, f"done/collect/{name}.json") or {}).get("unclosed")}
+    counts = [{"rollouts": name, "n": m.get("n"), "without </think>": m.get("unclosed")}
               for name in ("train_harmful", "train_harmless", "eval_harmful", "eval_attack", "eval_harmless", "ood")
-              if ctx.done("collect", name)]
+              if (m := _read(ctx, f"done/collect/{name}.json")) is not None]
     if counts:
         report.add_table(counts, caption=f"Rollouts (T = {cfg.temperature:g}); those without </think> are left out, "
                                          "never judged")
@@ -537,11 +544,11 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
             t = _read(ctx, f"trajectories/{kind}_{group}.json")
             if t is None:
                 continue
-            last = [c == len(s) - 1 for c, s in zip(t["cliff_sentence"], t["sentence_scores"]) if c is not None]
+            last = share_at_last_sentence(t)
             rows.append({"probe": kind, "prompts": group, "n": len(t["r_T"]), "refused": rounded(np.mean(t["refused"])),
                          "r_T [95% CI]": _mean_ci(t["r_T"], cfg.seed), "Δ_cliff [95% CI]": _mean_ci(t["cliff"], cfg.seed),
                          "late-window Δ": rounded(np.nanmean(t["late_cliff"])),
-                         "largest drop at the last sentence": rounded(np.mean(last)) if last else None,
+                         "largest drop at the last sentence": rounded(last),
                          "last sentence (example)": t["example_sentences"][-1] if t["example_sentences"] else ""})
             summary.setdefault("cliff", {})[f"{kind}_{group}"] = {"r_T": rounded(float(np.mean(t["r_T"])), 4),
                                                                   "cliff": rounded(float(np.nanmean(t["cliff"])), 4)}

@@ -20,8 +20,6 @@ Features are read by ``probes.steering.read_activations``, the one activation re
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -34,7 +32,7 @@ import torch
 
 from probes.evals.stats import Accuracy, Estimate, accuracy, auroc
 from probes.io import load_artifact, save_artifact
-from probes.steering.directions import LastToken, ReadPosition, read_activations
+from probes.steering.directions import Contrast, LastToken, ReadPosition, read_activations
 
 __all__ = [
     "AdamBCE",
@@ -270,10 +268,6 @@ def fit_probe(
                  mean=mean, scale=scale, fit=repr(fit), metrics=metrics, **provenance)
 
 
-def _data_hash(positive: Sequence[str], negative: Sequence[str]) -> str:
-    return hashlib.sha256(json.dumps([list(positive), list(negative)], ensure_ascii=False).encode()).hexdigest()
-
-
 def _check_classes(positive: Sequence[str], negative: Sequence[str]) -> None:
     if not len(positive) or not len(negative):
         raise ValueError(f"a probe needs both classes: got {len(positive)} refusal and {len(negative)} non-refusal "
@@ -315,7 +309,7 @@ def train_probe(model, positive: Sequence[str], negative: Sequence[str], *, site
     _check_classes(positive, negative)
     pos, neg = _class_features(model, positive, negative, [site], read, batch_size, progress)[site]
     return fit_probe(pos, neg, site=site, read_position=_read_name(read), model_spec=model.spec,
-                     weights_hash=model.weights_hash, data_hash=_data_hash(positive, negative), **kw)
+                     weights_hash=model.weights_hash, data_hash=Contrast.sets(positive, negative).data_hash, **kw)
 
 
 def layer_sweep(model, positive: Sequence[str], negative: Sequence[str], *, sites: Sequence[str] | None = None,
@@ -326,7 +320,7 @@ def layer_sweep(model, positive: Sequence[str], negative: Sequence[str], *, site
     _check_classes(positive, negative)
     sites = [hidden_state_site(model, i) for i in range(model.n_layers + 1)] if sites is None else list(sites)
     feats = _class_features(model, positive, negative, sites, read, batch_size, progress)
-    dh = _data_hash(positive, negative)
+    dh = Contrast.sets(positive, negative).data_hash
     return {s: fit_probe(p, n, site=s, read_position=_read_name(read), model_spec=model.spec,
                          weights_hash=model.weights_hash, data_hash=dh, **kw) for s, (p, n) in feats.items()}
 

@@ -20,12 +20,13 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from probes.io import atomic_write_text
-from probes.models.chat import THINK_CLOSE, split_thinking
+from probes.models.chat import THINK_CLOSE, ThinkingSplit, split_thinking
 
 __all__ = ["RefusalRollout", "load_rollouts", "rollouts", "save_rollouts", "unclosed"]
 
@@ -44,31 +45,34 @@ class RefusalRollout:
     prompt_index: int = 0
     sample_index: int = 0
 
+    @cached_property
+    def split(self) -> ThinkingSplit:
+        """Where the thinking and the answer lie in ``completion`` (``probes.models.chat.split_thinking``)."""
+        return split_thinking(self.completion, opened=True)
+
     @property
     def closed(self) -> bool:
         """Whether the thinking was closed by ``</think>``."""
-        return split_thinking(self.completion, opened=True).closed
+        return self.split.closed
 
     @property
     def thinking(self) -> str:
         """The thinking text (all of the completion when it never closes)."""
-        return self.completion[slice(*split_thinking(self.completion, opened=True).thinking)]
+        return self.completion[slice(*self.split.thinking)]
 
     @property
     def answer(self) -> str | None:
         """The text after ``</think>``; ``None`` when the thinking never closes."""
-        s = split_thinking(self.completion, opened=True)
-        return self.completion[slice(*s.answer)] if s.closed else None
+        return self.completion[slice(*self.split.answer)] if self.closed else None
 
     @property
     def answer_start(self) -> int:
         """Character offset in ``completion`` of the answer's first non-space character."""
-        s = split_thinking(self.completion, opened=True)
-        if not s.closed:
+        if not self.closed:
             raise ValueError(f"rollout {self.prompt_index}/{self.sample_index} never closes its thinking with "
                              f"{THINK_CLOSE}: it has no answer (count it with unclosed(), do not probe or judge it)")
-        a = s.answer[0]
-        return a + len(self.completion[a:]) - len(self.completion[a:].lstrip())
+        rest = self.completion[self.split.answer[0]:]
+        return self.split.answer[0] + len(rest) - len(rest.lstrip())
 
     @property
     def probe_text(self) -> str:

@@ -29,7 +29,6 @@ import torch
 from tqdm.auto import tqdm
 
 from probes.anchors.split import split_chunks
-from probes.models.chat import split_thinking
 from probes.refusal.probe import Probe
 from probes.refusal.rollout import RefusalRollout
 
@@ -104,14 +103,14 @@ class Trajectory:
         return int(np.argmax(before - s))
 
 
-def _regions(model, rollout: RefusalRollout) -> tuple[str, dict]:
+def _regions(rollout: RefusalRollout) -> tuple[str, dict]:
     """The full text and the character spans of its regions and thinking sentences."""
     if not rollout.closed:
         raise ValueError(f"rollout {rollout.prompt_index}/{rollout.sample_index} never closes its thinking: it has "
                          "no probe position (count it with unclosed() and leave it out)")
     p, c = len(rollout.prompt_text), rollout.completion
     text = rollout.prompt_text + c
-    t0, t1 = split_thinking(c, opened=True).thinking
+    t0, t1 = rollout.split.thinking
     chunks = split_chunks(c[t0:t1])
     return text, {"before_answer": (0, p + rollout.answer_start), "thinking": (p + t0, p + t1),
                   "answer": (p + rollout.answer_start, len(text)),
@@ -139,7 +138,7 @@ def trajectories(model, probe: Probe, items: Sequence[RefusalRollout], *, batch_
     items = list(items)
     if not items:
         raise ValueError("no rollouts to score")
-    regions = [_regions(model, r) for r in items]
+    regions = [_regions(r) for r in items]
     out: list[Trajectory] = []
     for lo in tqdm(range(0, len(items), batch_size), desc="trajectories", disable=not progress):
         texts = [text for text, _ in regions[lo:lo + batch_size]]

@@ -16,7 +16,6 @@ from tqdm.auto import tqdm
 
 from probes.anchors.split import split_chunks
 from probes.evals.stats import Accuracy, Estimate, accuracy, bootstrap_ci
-from probes.models.chat import split_thinking
 from probes.refusal.probe import Probe
 from probes.refusal.rollout import RefusalRollout
 from probes.steering.directions import LastToken, read_activations
@@ -36,7 +35,7 @@ def truncated_text(rollout: RefusalRollout, fraction: float, unit: str = "chars"
     if unit not in UNITS:
         raise ValueError(f"unit {unit!r}: use one of {UNITS}")
     c = rollout.completion
-    t0, t1 = split_thinking(c, opened=True).thinking
+    t0, t1 = rollout.split.thinking
     close = c[t1:rollout.answer_start]  # raises for a rollout that never closed
     if unit == "chars":
         end = t0 + round(fraction * (t1 - t0))
