@@ -12,6 +12,7 @@ from probes.plots.anchors import (
     suppression_heatmap,
 )
 from probes.plots.attention import attention_heatmap
+from probes.plots.experts import beta_sweep_figure, category_share_figure, npmi_heatmap, score_ranking_figure
 from probes.plots.export import FORMATS, find_browser, save_figure, show_figure
 from probes.plots.lens import logit_lens_figure
 from probes.plots.refusal import (
@@ -37,4 +38,5 @@ __all__ = [
     "sentence_figure", "trajectory_figure", "truncation_figure",
     "write_steered_text",
     "write_trace_viewer",
+    "beta_sweep_figure", "category_share_figure", "npmi_heatmap", "score_ranking_figure",
 ]
