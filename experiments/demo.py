@@ -7,8 +7,8 @@ Capability issues add their stage and their section here.
     probes demo                          # zoo:reasoner → runs/demo/<run-id>/report.html
     probes demo --run-dir runs/demo/<id> # resume as configured
 
-The steering and refusal sections run small ``experiments.steering`` and ``experiments.refusal_cliff``
-runs on ``zoo:refusal-reasoner`` as sub-runs, ``<demo run>/<experiment>/<run-id>/`` (each with its own
+The steering, refusal and experts sections run small ``experiments.steering`` and ``experiments.refusal_cliff``
+runs on ``zoo:refusal-reasoner`` and an ``experiments.moe_experts`` run on ``zoo:moe-reasoner`` as sub-runs, ``<demo run>/<experiment>/<run-id>/`` (each with its own
 config, provenance, markers and full report; resumable with ``python -m experiments.<experiment> --run-dir``).
 """
 
@@ -23,9 +23,10 @@ import torch
 
 from probes.harness import Context, Experiment, ExperimentConfig, Stage, main, session_field
 
-StageName = Literal["model", "trace", "attention", "logit_lens", "thought_anchors", "steering", "refusal", "report"]
+StageName = Literal["model", "trace", "attention", "logit_lens", "thought_anchors", "steering", "refusal", "experts",
+                    "report"]
 STAGES: tuple[StageName, ...] = ("model", "trace", "attention", "logit_lens", "thought_anchors", "steering", "refusal",
-                                 "report")
+                                 "experts", "report")
 
 
 def _default_prompt() -> str:
@@ -60,6 +61,10 @@ class DemoConfig(ExperimentConfig):
     refusal_train: int = field(default=32, metadata={"help": "refusal cliff: probe-training prompts per class"})
     refusal_eval: int = field(default=16, metadata={"help": "refusal cliff: evaluation prompts per group"})
     refusal_ood: str = field(default="zoo-oot", metadata={"help": "refusal cliff: out-of-distribution set ('': none)"})
+    experts_model: str = field(default="zoo:moe-reasoner", metadata={
+        "help": "MoE experts: the mixture-of-experts model (problems: the zoo's arithmetic task)"})
+    experts_betas: list[float] = field(default_factory=lambda: [4.0, 64.0], metadata={"help": "MoE experts: β swept"})
+    experts_problems: int = field(default=8, metadata={"help": "MoE experts: evaluation problems (2 samples each)"})
     stages: list[StageName] = session_field(default_factory=lambda: list(STAGES), help="stages to run, in order")
 
     def __post_init__(self):
@@ -69,6 +74,7 @@ class DemoConfig(ExperimentConfig):
                              "steering_max_new_tokens must be >= 1")
         self.steering_config()  # the sub-runs' fields are checked with their experiments' own rules
         self.refusal_config()
+        self.experts_config()
 
     def steering_config(self, **session: Any):
         """The demo-sized ``SteeringConfig`` of the steering section (``session``: its session fields)."""
@@ -87,6 +93,16 @@ class DemoConfig(ExperimentConfig):
                                   ood_set=self.refusal_ood, max_new_tokens=160, head_counts=[1], head_draws=2,
                                   head_samples=1, cliff_judge_ks=[], seed=self.seed, formats=self.formats, device=self.device,
                                   dtype=self.dtype, **session)
+
+
+    def experts_config(self, **session: Any):
+        """The demo-sized ``ExpertsConfig`` of the experts section (``session``: its session fields)."""
+        from experiments.moe_experts import ExpertsConfig
+
+        return ExpertsConfig(model=self.experts_model, n_traces=60, betas=list(self.experts_betas), ells=[2],
+                             random_draws=1, n_problems=self.experts_problems, samples=2, n_sentence_traces=20,
+                             n_stability=200, seed=self.seed, formats=self.formats, device=self.device, dtype=self.dtype,
+                             **session)
 
 
 def load_model(cfg: DemoConfig):
@@ -187,6 +203,12 @@ def stage_refusal(ctx: Context) -> None:
     run_sub(ctx, REFUSAL_EXPERIMENT, ctx.cfg.refusal_config, ctx.cfg.refusal_model)
 
 
+def stage_experts(ctx: Context) -> None:
+    from experiments.moe_experts import EXPERIMENT as EXPERTS_EXPERIMENT
+
+    run_sub(ctx, EXPERTS_EXPERIMENT, ctx.cfg.experts_config, ctx.cfg.experts_model)
+
+
 # ----- report: saved artifacts only ---------------------------------------------------------------
 
 
@@ -236,6 +258,8 @@ def stage_report(ctx: Context):
         summary["steering"] = add_steering_section(ctx, report)
     if ctx.done("refusal") and sub_run_dir(ctx, "refusal_cliff") is not None:
         summary["refusal"] = add_refusal_section(ctx, report)
+    if ctx.done("experts") and sub_run_dir(ctx, "moe_experts") is not None:
+        summary["experts"] = add_experts_section(ctx, report)
     if summary:
         ctx.experiment.write_summary(ctx, summary)
     return report.write(run.path)
@@ -353,6 +377,23 @@ def add_refusal_section(ctx: Context, report) -> dict[str, Any]:
                                                        "direction is a difference of means at </think> (B2-B3)")
         out["direction"] = {f"{r['prompts']}/{r['condition']}": rounded(r["value"], 4) for r in rates}
     return out
+
+
+def add_experts_section(ctx: Context, report) -> dict[str, Any]:
+    """The experts' sub-run report sections (ranking, nPMI maps, sentence view, β sweep), drawn from its
+    saved artifacts under the demo's heading."""
+    import experiments.moe_experts as X
+    from probes.runs import Run
+
+    path = sub_run_dir(ctx, "moe_experts")
+    xcfg, _ = X.EXPERIMENT.resolve(X.ExpertsConfig(run_dir=str(path)))
+    xctx = Context(X.EXPERIMENT, xcfg, None, Run.open(path))
+    where = path.relative_to(ctx.run.path).as_posix()
+    out = X.add_report_sections(xctx, report, heading="MoE thinking experts (nPMI, RICE)")
+    report.add_text(f"Demo-sized: {xcfg.n_traces} traces, {xcfg.n_problems} evaluation problems × {xcfg.samples} "
+                    f"samples, {xcfg.random_draws} random draw; `python -m experiments.moe_experts` runs the full "
+                    f"sweep. Full report: {where}/report.html.")
+    return {"run": where, **out}
 
 
 def _share_at_last(t: dict | None) -> str:

@@ -126,7 +126,7 @@ def score_ranking_figure(rows: Sequence[Mapping[str, Any]], *, ell: int, title: 
                         marker={"symbol": "diamond", "size": 10, "color": "black"},
                         hovertemplate="%{x}<br>stability = %{y:.2f}<extra>bootstrap</extra>")
         fig.update_layout(yaxis2={"title": f"share of resamples in the top-{ell}", "range": [0, 1.05],
-                                  "overlaying": "y", "side": "right", "showgrid": False})
+                                  "tick0": 0, "dtick": 0.25, "overlaying": "y", "side": "right", "showgrid": False})
     fig.update_layout(title=title or f"Global ranking of (layer, expert) pairs by score (top-{ell} chosen)",
                       xaxis={"title": "(layer, expert)", "type": "category", "categoryorder": "array",
                              "categoryarray": labels},
@@ -164,9 +164,11 @@ def category_share_figure(
     if overall is not None:
         if not (math.isfinite(overall) and -_TOL <= overall <= 1 + _TOL):
             raise ValueError(f"overall = {overall!r}: give the share over all sentences, in [0, 1]")
-        fig.add_vline(x=float(overall), line_dash="dash", line_color="black", annotation_text=f"all {overall:.3f}")
+        fig.add_vline(x=float(overall), line_dash="dash", line_color="black", annotation_text=f"all {overall:.3f}",
+                      annotation_position="bottom right")
+    right = max(float(share.max()), float(overall or 0.0)) * 1.2 or 1.0  # room for the "n = …" labels
     fig.update_layout(title=title or "Share of tokens routed to the chosen experts per sentence category",
-                      xaxis={"title": "share of tokens routed to a chosen expert", "rangemode": "tozero"},
+                      xaxis={"title": "share of tokens routed to a chosen expert", "range": [0, right]},
                       yaxis={"title": "sentence category", "type": "category", "categoryorder": "array",
                              "categoryarray": cats, "autorange": "reversed"},
                       showlegend=False)

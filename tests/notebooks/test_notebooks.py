@@ -11,9 +11,11 @@ SMALL = {
                        "max_new_tokens": 96},
     "refusal_cliff.ipynb": {"n_train": 8, "n_eval": 4, "n_ood": 12, "truncation_fractions": [0.0, 1.0],
                             "direction_positions": [-1]},
+    "moe_experts.ipynb": {"n_traces": 20, "n_problems": 3, "samples": 1, "betas": [4.0], "random_draws": 1,
+                          "n_stability": 50, "max_new_tokens": 160},
 }
 ORGANISM = {"thought_anchors.ipynb": "reasoner", "steering.ipynb": "refusal-reasoner",
-            "refusal_cliff.ipynb": "refusal-reasoner"}
+            "refusal_cliff.ipynb": "refusal-reasoner", "moe_experts.ipynb": "moe-reasoner"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
