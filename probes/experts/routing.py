@@ -148,17 +148,21 @@ class RoutingRecorder:
         self._msel = {m: self._sel.clone() for m in self.markers}
         self._mtok = {m: self._tok.clone() for m in self.markers}
         self._first = 0
+        self._starts = None  # per row of the current call: first position counted
         self._n = 0  # traces seen: 1 + the highest trace index counted
         self._forward = None  # (traces (B, R), masks (B, 1 + markers, T)) of the current forward
 
     @contextlib.contextmanager
-    def recording(self, first_trace: int = 0):
+    def recording(self, first_trace: int = 0, starts: Sequence[int] | None = None):
+        """Hooks on while inside; ``starts[r]``: row ``r`` counts only positions ≥ it (e.g. the trace
+        after the prompt), for forwards without a shared-prefix prefill."""
         from probes.models.hooks import attach
         from probes.models.sites import Site, resolve
 
         if first_trace < 0:
             raise ValueError(f"first_trace must be >= 0, got {first_trace}")
         self._first = first_trace
+        self._starts = None if starts is None else torch.as_tensor(list(starts), device=self.model.device)
         model = self.model
         handles = []
         with model.scope():
@@ -170,7 +174,7 @@ class RoutingRecorder:
             finally:
                 for h in handles:
                     h.remove()
-                self._forward = None
+                self._forward = self._starts = None
 
     def _grow(self, need: int) -> None:
         self._n = max(self._n, need)
@@ -192,9 +196,13 @@ class RoutingRecorder:
             raise ValueError("routing counts need token ids: run the model on input_ids, not inputs_embeds")
         tokens = torch.gather(ctx.history, 1, ctx.query_pos.clamp(min=0, max=ctx.history.shape[1] - 1))
         if ctx.prefix_rows is not None:  # one prefill row stands for every sample of the prefix
+            if self._starts is not None:
+                raise ValueError("starts cannot apply to a shared-prefix prefill: count the prompt, or teacher-force")
             traces = self._first + ctx.prefix_rows.view(1, -1)
         else:
             traces = self._first + ctx.row_ids.view(-1, 1)
+            if self._starts is not None:
+                valid = valid & (ctx.query_pos >= self._starts[ctx.row_ids].unsqueeze(1))
         self._grow(int(traces.max()) + 1)
         masks = torch.stack([valid] + [torch.isin(tokens, ids) & valid for ids in self._ids.values()], 1)
         return traces, masks.float()  # (B, 1 + markers, T)
@@ -228,10 +236,11 @@ class RoutingRecorder:
 
 def count_routing(model, traces: Iterable[str | Sequence[int]],
                   markers: Mapping[str, MarkerSpec] | Sequence[MarkerSpec] = DEFAULT_MARKERS, *,
-                  batch_size: int = 16, progress: bool = False) -> RoutingCounts:
+                  starts: Sequence[int] | None = None, batch_size: int = 16, progress: bool = False) -> RoutingCounts:
     """Routing counts over teacher-forced ``traces`` (texts or token id lists: prompt + the model's
     own trace), one forward per batch that stops after the last MoE layer (§6: "one teacher-forced
-    forward pass suffices"). Trace ``i`` of the result is ``traces[i]``."""
+    forward pass suffices"). Trace ``i`` of the result is ``traces[i]``; with ``starts``, only its
+    positions ≥ ``starts[i]`` count (default: every non-padding position)."""
     from tqdm.auto import tqdm
 
     if batch_size < 1:
@@ -240,8 +249,10 @@ def count_routing(model, traces: Iterable[str | Sequence[int]],
     items = list(traces)
     if not items:
         raise ValueError("no traces given: pass the model's own reasoning traces (prompt + completion)")
+    if starts is not None and len(starts) != len(items):
+        raise ValueError(f"give one start per trace: {len(items)} traces, {len(starts)} starts")
     last = f"resid_post[{rec.layers[-1]}]"
     for b in tqdm(range(0, len(items), batch_size), disable=not progress, desc="routing"):
-        with rec.recording(first_trace=b):
+        with rec.recording(first_trace=b, starts=None if starts is None else starts[b : b + batch_size]):
             model.capture(items[b : b + batch_size], [last], reduce={"resid_post": lambda v, L: None})
     return rec.counts()

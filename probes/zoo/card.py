@@ -121,15 +121,17 @@ def receivers_section(check: dict, command: str) -> str:
 
 def routing_section(counts, command: str, k: int = 5, min_rate: float = 0.2) -> str:
     """The markdown section of the most preferential (layer, expert) pairs on each marker
-    (``routing.RoutingCounts``)."""
+    (``probes.experts.RoutingCounts`` of ``routing.count_think_routing``)."""
+    from probes.zoo.routing import top_pairs
+
     tables = []
     for token in (THINK_OPEN, THINK_CLOSE):
         rows = [f"| {layer} | {e} | {rate:.0%} | {lift:.1f}× |"
-                for layer, e, rate, lift in counts.top_pairs(token, k, min_rate)]
+                for layer, e, rate, lift in top_pairs(counts, token, k, min_rate)]
         tables.append("\n".join([f"**`{token}`**", "", "| layer | expert | selected on token | lift |",
                                  "|---|---|---|---|", *rows]))
     return render("organisms.md", "routing", think_open=THINK_OPEN, think_close=THINK_CLOSE, top_k=counts.top_k,
-                  n=counts.marker_totals[THINK_OPEN], command=command, min_rate=f"{min_rate:.0%}",
+                  n=int(counts.marker_tokens[THINK_OPEN].sum()), command=command, min_rate=f"{min_rate:.0%}",
                   tables="\n\n".join(tables))
 
 

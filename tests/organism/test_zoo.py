@@ -227,10 +227,10 @@ def test_think_routing_counts_every_marker(tmp_path):
     assert (model.n_experts, model.top_k) == (8, 2)
     counts = count_think_routing(model, n=6, batch_size=3)
     assert counts.layers == [0, 1, 2, 3]
-    assert counts.marker_totals == {"<think>": 6, "</think>": 6}
+    assert {m: int(a.sum()) for m, a in counts.marker_tokens.items()} == {"<think>": 6, "</think>": 6}
     for token in ("<think>", "</think>"):
-        assert all(sum(row) == 2 * 6 for row in counts.marker_counts[token])
-    assert all(sum(row) == 2 * counts.all_total for row in counts.all_counts)
+        assert (counts.marker_selected[token].sum((0, 2)) == 2 * 6).all()
+    assert (counts.selected.sum((0, 2)) == 2 * counts.tokens.sum()).all()
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # the atomic save left no temp dir
 
 

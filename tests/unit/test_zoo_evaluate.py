@@ -44,10 +44,10 @@ def test_routing_counts_come_from_the_expert_topk_site(tiny_models):
     model = tiny_models("qwen3_moe")
     counts = count_think_routing(model, n=4, batch_size=3)
     assert counts.layers == model.moe_layers and counts.top_k == model.top_k
-    assert counts.marker_totals == {"<think>": 4, "</think>": 4}
+    assert {m: int(a.sum()) for m, a in counts.marker_tokens.items()} == {"<think>": 4, "</think>": 4}
     for token in ("<think>", "</think>"):
-        assert all(sum(row) == model.top_k * 4 for row in counts.marker_counts[token])
-    assert all(sum(row) == model.top_k * counts.all_total for row in counts.all_counts)
+        assert (counts.marker_selected[token].sum((0, 2)) == model.top_k * 4).all()
+    assert (counts.selected.sum((0, 2)) == model.top_k * counts.tokens.sum()).all()
     with pytest.raises(ValueError, match="mixture-of-experts"):
         count_think_routing(tiny_models("qwen3"), n=2)
 
