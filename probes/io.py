@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PickleRefusedError",
+    "atomic_directory",
     "artifact_paths",
     "load_artifact",
     "save_artifact",
@@ -41,6 +42,7 @@ __all__ = [
     "save_table",
     "save_tensors",
     "state_dict_hash",
+    "json_hash",
     "weights_hash",
 ]
 
@@ -199,6 +201,38 @@ def remove_stale_temps(directory: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
+@contextlib.contextmanager
+def atomic_directory(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty temporary directory next to ``out_dir``; on a clean exit it replaces
+    ``out_dir`` (a previous directory is moved aside, then removed), so a directory written by
+    ``save_pretrained`` appears whole or not at all. If the body raises, the temporary directory is
+    removed and ``out_dir`` is left as it was."""
+    import shutil
+    import tempfile
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes private (0700) directories; a plain mkdir honours the umask
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for f in tmp.rglob("*"):
+        if f.is_file():  # some writers (safetensors via save_pretrained) make private files
+            f.chmod(0o666 & ~umask)
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.{secrets.token_hex(6)}.old")
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    if old is not None:
+        shutil.rmtree(old)
+
+
 # -- result value objects: arrays as safetensors beside a JSON of everything else ---------------------
 
 _FORMAT = 1
@@ -259,6 +293,11 @@ def weights_hash(paths: Iterable[str | os.PathLike[str]]) -> str:
             while chunk := f.read(_CHUNK):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def json_hash(obj: Any) -> str:
+    """sha256 (hex) of ``obj`` as compact JSON (the data hash of contrast sets, texts, probes)."""
+    return hashlib.sha256(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()).hexdigest()
 
 
 def state_dict_hash(state_dict: Mapping[str, torch.Tensor]) -> str:

@@ -45,8 +45,6 @@ import json
 import math
 import numbers
 import os
-import secrets
-import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -58,7 +56,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from probes.io import load_artifact, save_artifact
+from probes.io import atomic_directory, load_artifact, save_artifact
 from probes.models.interventions import AddVector, ProjectOut
 from probes.models.positions import Positions
 from probes.steering.directions import Contrast, DiffInMeans, TokenIndex, read_contrast
@@ -452,11 +450,9 @@ def orthogonalize_weights(
     if missing:
         raise ValueError(f"{missing[:3]} are not in {model.spec}'s state dict: its layout is not supported")
     state.update(new)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.{secrets.token_hex(6)}.tmp")
     cfg = hf.config
     saved_attrs = {k: copy.deepcopy(getattr(cfg, k)) for k in ("dtype", "architectures") if hasattr(cfg, k)}
-    try:
+    with atomic_directory(out_dir) as tmp:
         try:
             hf.save_pretrained(tmp, state_dict=state)
         finally:  # save_pretrained writes the dtype and class name into the live config
@@ -489,16 +485,6 @@ def orthogonalize_weights(
         pickles = [p.name for p in tmp.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
         if pickles:
             raise RuntimeError(f"the checkpoint writer produced pickle files {pickles}: refusing to keep them")
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.{secrets.token_hex(6)}.old")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

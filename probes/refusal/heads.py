@@ -33,8 +33,6 @@ random draws averaged per prompt.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -46,7 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from probes.evals.stats import Estimate, bootstrap_ci, paired_difference_ci
-from probes.io import load_artifact, save_artifact
+from probes.io import json_hash, load_artifact, save_artifact
 from probes.models.interventions import NormScope, ScaleHeads
 from probes.models.sites import Site
 from probes.refusal.probe import Probe, probe_features
@@ -195,10 +193,6 @@ def _head_readouts(model, direction: torch.Tensor, layers: range) -> dict[int, t
     return out
 
 
-def _sha(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, ensure_ascii=False).encode()).hexdigest()
-
-
 def head_scores(model, probe: Probe, items: Sequence[str | RefusalRollout], *, batch_size: int = 8,
                 keep_items: bool = True, progress: bool = False) -> HeadScores:
     """A4's direct attribution of every head onto ``probe`` at the last token of each item (probe
@@ -226,7 +220,7 @@ def head_scores(model, probe: Probe, items: Sequence[str | RefusalRollout], *, b
               f"final norm ignored (A7); {len(layers)} of {model.n_layers} layers write before {probe.site}")
     return HeadScores(scores=per_item.mean(0), per_item=per_item if keep_items else None, n_items=len(texts),
                       method=method, probe_site=probe.site, model_spec=model.spec, weights_hash=model.weights_hash,
-                      data_hash=_sha(texts), probe_hash=_sha(probe.weight.tolist() + [probe.bias]))
+                      data_hash=json_hash(texts), probe_hash=json_hash(probe.weight.tolist() + [probe.bias]))
 
 
 # ----- ablation ------------------------------------------------------------------------------------

@@ -33,9 +33,7 @@ with an ``AddVector`` whose vector requires grad, so the model's hooks do the ad
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -46,6 +44,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from probes.io import json_hash
 from probes.models.interventions import AddVector
 from probes.models.positions import Positions
 from probes.steering.vector import RESIDUAL_SITES, SteeringVector
@@ -88,10 +87,6 @@ def _row(x: Text, what: str) -> str | list[int]:
     if not ids:
         raise ValueError(f"{what} is an empty id row: every input needs at least one token")
     return ids
-
-
-def _data_hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()).hexdigest()
 
 
 def _name(fn: Callable) -> str:
@@ -143,7 +138,7 @@ class Contrast:
     @property
     def data_hash(self) -> str:
         """sha256 over the inputs and the pairing."""
-        return _data_hash({"paired": self.paired, "positive": list(self.positive), "negative": list(self.negative)})
+        return json_hash({"paired": self.paired, "positive": list(self.positive), "negative": list(self.negative)})
 
 
 # ----- read-position rules ---------------------------------------------------------------------------
@@ -492,7 +487,7 @@ def _target_rows(model, contexts: Sequence[Text], targets: Sequence[Text]):
             raise ValueError(f"target {i} encodes to no tokens")
         model.check_length(len(c_ids) + len(t_ids), f"example {i} (context + target)")
         rows.append((c_ids, t_ids))
-    return rows, _data_hash({"contexts": contexts, "targets": targets})
+    return rows, json_hash({"contexts": contexts, "targets": targets})
 
 
 def _nll_sum(model, chunk, steer: list[AddVector], grad: bool) -> torch.Tensor:

@@ -130,7 +130,7 @@ def build_tokenizer(out_dir: Path = TOKENIZER_DIR) -> Path:
     written to a temporary directory first, then renamed into place)."""
     import importlib.metadata as md
 
-    from probes.zoo.files import atomic_directory
+    from probes.io import atomic_directory
 
     tok = train_tokenizer()
     out_dir = Path(out_dir)

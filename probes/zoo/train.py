@@ -322,14 +322,14 @@ def save_organism(model, out_dir: Path, save_dtype: str = "bfloat16", tokenizer_
                   records: dict[str, dict] | None = None) -> Path:
     """Write ``model`` (a ``probes`` Model; its weights cast to ``save_dtype`` in a copy), its
     generation config, a copy of the shared tokenizer's files and the JSON ``records`` (file name →
-    content) to ``out_dir``, all at once (``files.atomic_directory``)."""
+    content) to ``out_dir``, all at once (``probes.io.atomic_directory``)."""
     import copy
     import shutil
 
     import torch
     from transformers import GenerationConfig
 
-    from probes.zoo.files import atomic_directory
+    from probes.io import atomic_directory
 
     tok = model.tokenizer
     with atomic_directory(out_dir) as tmp:

@@ -56,7 +56,7 @@ def build_words(out_dir: Path = WORDS_DIR) -> Path:
     """Derive the word lists from faker and wordfreq (``pip install -e ".[zoo]"``) and save them."""
     import importlib.metadata as md
 
-    from probes.zoo.files import atomic_directory
+    from probes.io import atomic_directory
 
     try:
         import faker

@@ -1,4 +1,4 @@
-"""Atomic directory writes of the zoo (``probes.zoo.files``)."""
+"""Atomic directory writes (``probes.io.atomic_directory``): the zoo builds and the orthogonalised checkpoints."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from probes.zoo.files import atomic_directory
+from probes.io import atomic_directory
 
 
 def test_a_directory_appears_whole_and_replaces_the_old_one(tmp_path):
