@@ -134,19 +134,14 @@ def prepare(cfg: ExpertsConfig) -> Inputs:
         items = [arithmetic.generate(i, arithmetic.HELDOUT_SEED) for i in range(n)]
         problems = [Problem(e.prompt, e.gold) for e in items]
     else:
+        from probes.io import read_jsonl
+
         path = Path(cfg.problems)
         if not path.is_file():
             raise ValueError(f"--problems {cfg.problems}: no such file; give {ZOO_PROBLEMS} or a JSONL file of "
                              '{"prompt": ..., "gold": ...} records')
-        problems = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                problems.append(Problem(str(rec["prompt"]), str(rec["gold"])))
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{i}: not a {{\"prompt\", \"gold\"}} record ({e})") from None
+        problems = read_jsonl(path, lambda row: Problem(str(row["prompt"]), str(row["gold"])),
+                              fix='each line is a {"prompt": ..., "gold": ...} record')
         if len(problems) < n:
             raise ValueError(f"{path} has {len(problems)} problems; n_traces + n_problems = {n}: lower them or add problems")
     return Inputs(problems[: cfg.n_traces], problems[cfg.n_traces : n])

@@ -85,27 +85,14 @@ class AnchorsConfig(ExperimentConfig):
 def read_problems_file(path: str | Path, limit: int) -> list[dict[str, Any]]:
     """The first ``limit`` problems of a JSONL file; any bad line raises naming ``file:line``."""
     from probes.anchors.rollouts import problem_record
+    from probes.io import read_jsonl
 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"problems file {path} does not exist: pass a JSONL file, one problem object per line")
-    rows: list[dict[str, Any]] = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno}): fix or remove the line") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{where}: a problem must be a JSON object, got {type(row).__name__}")
-        try:
-            rec = problem_record(row)
-        except ValueError as e:
-            raise ValueError(f"{where}: {e}") from None
-        rec.setdefault("idx", len(rows))
-        rows.append(rec)
+    rows = read_jsonl(path, problem_record)
+    for i, rec in enumerate(rows):
+        rec.setdefault("idx", i)
     if not rows:
         raise ValueError(f"problems file {path} holds no problems: add one JSON object per line")
     ids = [str(r["idx"]) for r in rows]

@@ -17,7 +17,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -37,6 +37,7 @@ __all__ = [
     "atomic_write_text",
     "load_table",
     "load_tensors",
+    "read_jsonl",
     "read_tensor_metadata",
     "remove_stale_temps",
     "save_table",
@@ -107,6 +108,32 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     with _atomic_open(path, "w") as f:
         f.write(text)
     return path
+
+
+def read_jsonl(path: str | os.PathLike[str], parse: Callable[[dict[str, Any]], Any] = dict, *,
+               fix: str = "fix or remove the line") -> list[Any]:
+    """``parse(row)`` of every JSON object of a JSON-lines file, blank lines skipped. A line that is not a
+    JSON object, or that ``parse`` rejects (ValueError, KeyError, TypeError), raises one ValueError
+    ``<path>:<line>: <why>; <fix>``; a missing file raises FileNotFoundError."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError(f"a line must be one JSON object, got {type(row).__name__}")
+            out.append(parse(row))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); {fix}") from None
+        except KeyError as e:
+            raise ValueError(f"{path}:{n}: missing field {e}; {fix}") from None
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path}:{n}: {e}; {fix}") from None
+    return out
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2) -> Path:

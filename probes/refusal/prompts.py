@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from probes.io import atomic_write_text
+from probes.io import atomic_write_text, read_jsonl
 
 __all__ = [
     "PUBLIC_SETS",
@@ -211,24 +211,15 @@ class PromptSet:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no prompt set at {path}")
-        records = []
-        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise ValueError("a line must be one JSON object")
-                unknown = set(row) - set(_RECORD_KEYS)
-                if unknown:
-                    raise ValueError(f"unknown fields {sorted(unknown)}; a record has {', '.join(_RECORD_KEYS)}")
-                records.append(PromptRecord(id=row["id"], prompt=row["prompt"], harmful=row["harmful"],
-                                            source=row["source"], category=row.get("category"),
-                                            meta=row.get("meta") or {}))
-            except KeyError as e:
-                raise ValueError(f"{path} line {line_no}: missing field {e}") from None
-            except ValueError as e:
-                raise ValueError(f"{path} line {line_no}: {e}") from None
+
+        def record(row: dict) -> PromptRecord:
+            unknown = set(row) - set(_RECORD_KEYS)
+            if unknown:
+                raise ValueError(f"unknown fields {sorted(unknown)}; a record has {', '.join(_RECORD_KEYS)}")
+            return PromptRecord(id=row["id"], prompt=row["prompt"], harmful=row["harmful"], source=row["source"],
+                                category=row.get("category"), meta=row.get("meta") or {})
+
+        records = read_jsonl(path, record, fix="fix the line")
         return cls(name or path.stem, tuple(records))
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from probes.io import atomic_write_text
+from probes.io import atomic_write_text, read_jsonl
 from probes.models.chat import THINK_CLOSE, ThinkingSplit, split_thinking
 
 __all__ = ["RefusalRollout", "load_rollouts", "rollouts", "save_rollouts", "unclosed"]
@@ -140,13 +140,6 @@ def save_rollouts(path: str | os.PathLike[str], items: Sequence[RefusalRollout])
 
 def load_rollouts(path: str | os.PathLike[str]) -> list[RefusalRollout]:
     """Read rollouts written by ``save_rollouts``; a damaged line is an error naming file and line."""
-    path = Path(path)
-    if not path.is_file():
+    if not Path(path).is_file():
         raise FileNotFoundError(f"no rollouts at {path}: run the rollout stage first")
-    out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        try:
-            out.append(RefusalRollout(**json.loads(line)))
-        except (json.JSONDecodeError, TypeError) as e:
-            raise ValueError(f"{path}:{n}: not a rollout record ({e}); delete the file and rerun the rollout stage") from e
-    return out
+    return read_jsonl(path, lambda row: RefusalRollout(**row), fix="delete the file and rerun the rollout stage")

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from probes.io import atomic_write_text, load_artifact, save_artifact
+from probes.io import atomic_write_text, load_artifact, read_jsonl, save_artifact
 from probes.models.chat import split_thinking
 from probes.refusal.judges import KeywordJudge
 from probes.refusal.rollout import RefusalRollout
@@ -216,11 +216,4 @@ def save_sft(path: str | os.PathLike[str], records: Sequence[Mapping[str, str]])
 
 def load_sft(path: str | os.PathLike[str]) -> list[dict[str, str]]:
     """Read records written by ``save_sft``; a damaged line is an error naming file and line."""
-    path = Path(path)
-    out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not a JSON record ({e}); delete the file and write the SFT set again") from e
-    return out
+    return read_jsonl(path, fix="delete the file and write the SFT set again")

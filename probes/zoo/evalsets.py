@@ -16,12 +16,12 @@ one that training never asked for.
 from __future__ import annotations
 
 import functools
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from probes.io import read_jsonl
 from probes.models.zoo_registry import ZOO_DIR
 
 EVAL_DIR = ZOO_DIR / "eval"
@@ -143,20 +143,17 @@ def load_eval_set(name: str, path: Path | None = None) -> tuple:
     path = Path(path) if path is not None else EVAL_DIR / f"{name}.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"no evaluation set at {path}: {RESTORE.format(path=path)}")
-    items, ids, prompts = [], set(), set()
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            item = PARSERS[name](json.loads(line))
-            if item.id in ids or item.prompt in prompts:
-                raise ValueError(f"repeats id {item.id!r} or its prompt")
-        except (ValueError, KeyError, TypeError) as e:
-            what = f"missing field {e}" if isinstance(e, KeyError) else str(e)
-            raise ValueError(f"{path} line {line_no}: {what}; {RESTORE.format(path=path)}") from None
+    ids, prompts = set(), set()
+
+    def parse(row: dict):
+        item = PARSERS[name](row)
+        if item.id in ids or item.prompt in prompts:
+            raise ValueError(f"repeats id {item.id!r} or its prompt")
         ids.add(item.id)
         prompts.add(item.prompt)
-        items.append(item)
+        return item
+
+    items = read_jsonl(path, parse, fix=RESTORE.format(path=path))
     if not items:
         raise ValueError(f"{path} holds no items; {RESTORE.format(path=path)}")
     return tuple(items)

@@ -102,7 +102,7 @@ def test_bad_input_fails_before_work(tmp_path):
         prepare(ExpertsConfig(problems=str(tmp_path / "none.jsonl")))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "2+2?"}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:1: not a"):
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: missing field .gold."):
         prepare(ExpertsConfig(problems=str(bad), n_traces=2, n_problems=1))
     with pytest.raises(ValueError, match="needs a mixture-of-experts model.*supported MoE families: qwen3_moe"):
         load_model(ExpertsConfig(model="zoo:reasoner"))

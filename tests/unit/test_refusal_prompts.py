@@ -131,10 +131,10 @@ def test_jsonl_round_trip(tmp_path):
 def test_jsonl_bad_line_names_file_and_line_and_unserialisable_meta_writes_nothing(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"id": "a", "prompt": "p", "harmful": true, "source": "s"}\n{"id": "b", "prompt": "q"}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl line 2: missing field 'harmful'"):
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: missing field 'harmful'"):
         PromptSet.load(path)
     path.write_text('{"id": "a", "prompt": "p", "harmful": true, "source": "s", "label": 1}\n')
-    with pytest.raises(ValueError, match=r"line 1: unknown fields \['label'\]"):
+    with pytest.raises(ValueError, match=r":1: unknown fields \['label'\]"):
         PromptSet.load(path)
     ps = PromptSet("s", (PromptRecord(id="a", prompt="p", harmful=True, source="s", meta={"x": object()}),))
     with pytest.raises(ValueError, match="not JSON-serialisable"):

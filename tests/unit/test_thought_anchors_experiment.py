@@ -93,7 +93,7 @@ def test_damaged_artifacts_are_listed_after_analyse_and_report(ctx):
 
 @pytest.mark.parametrize("lines, message", [
     (['{"problem": "a", "gt_answer": "1"}', '{"problem": "b", "gt_answer": 2'], r"problems.jsonl:2: not valid JSON"),
-    (['["not", "an", "object"]'], r"problems.jsonl:1: a problem must be a JSON object, got list"),
+    (['["not", "an", "object"]'], r"problems.jsonl:1: a line must be one JSON object, got list"),
     (['{"gt_answer": "1"}'], r"problems.jsonl:1: the problem needs a non-empty 'problem' text"),
     (['{"problem": "a"}'], r"problems.jsonl:1: the problem has no ground-truth answer"),
     (["", "  "], r"holds no problems"),

@@ -40,7 +40,7 @@ def test_a_wrong_ledger_gold_names_the_file_and_line(tmp_path):
     bad = json.loads(rows[2])
     bad["gold"] = str(int(bad["gold"]) + 1)
     path = _write(tmp_path, rows[:2] + [json.dumps(bad)])
-    with pytest.raises(ValueError, match=r"set\.jsonl line 3: gold .* but base, tax, rent and sales give") as e:
+    with pytest.raises(ValueError, match=r"set\.jsonl:3: gold .* but base, tax, rent and sales give") as e:
         load_eval_set("ledger_oot", path)
     assert "git checkout" in str(e.value)
     good = json.loads(rows[0])
@@ -64,7 +64,7 @@ def test_bad_sets_fail_with_file_line_and_the_fix(tmp_path):
     assert load_eval_set("arithmetic_oot", _write(tmp_path, [good]))[0].gold == "8"
     load_eval_set.cache_clear()
     cases = [
-        ([good, "{not json"], "line 2"),
+        ([good, "{not json"], r"set\.jsonl:2: not valid JSON"),
         ([{**good, "gold": "9"}], "gold '9' but start and events give 8"),
         ([good, {**good, "id": "a2"}], "repeats"),
         ([{k: v for k, v in good.items() if k != "events"}], "missing field 'events'"),
