@@ -105,12 +105,6 @@ class DemoConfig(ExperimentConfig):
                              **session)
 
 
-def load_model(cfg: DemoConfig):
-    from probes.models.load import load_model
-
-    return load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
-
-
 # ----- stages: compute and save -----------------------------------------------------------------
 
 
@@ -414,7 +408,6 @@ EXPERIMENT = Experiment(
     name="demo",
     config=DemoConfig,
     stages=[Stage(name, globals()[f"stage_{name}"]) for name in STAGES],
-    load_model=load_model,
 )
 
 

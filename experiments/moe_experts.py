@@ -151,9 +151,9 @@ def load_model(cfg: ExpertsConfig):
     """The model, checked against the config (an MoE model, markers that are tokens, ℓ within range)
     before any stage runs."""
     from probes.experts import check_moe, resolve_markers
-    from probes.models.load import load_model
+    from probes.harness.experiment import load_config_model
 
-    model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    model = load_config_model(cfg)
     check_moe(model)
     resolve_markers(model.tokenizer, cfg.marker_specs(), model.vocab_size)
     n_pairs = len(model.moe_layers) * model.n_experts

@@ -152,12 +152,6 @@ def prepare(cfg: RefusalCliffConfig) -> Inputs:
     return Inputs(train, evals, ood, labels)
 
 
-def load_model(cfg: RefusalCliffConfig):
-    from probes.models.load import load_model
-
-    return load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
-
-
 def judge_for(cfg: RefusalCliffConfig):
     """The keyword judge of the answers (B4 substrings, or the zoo organism's openings)."""
     from probes.refusal.judges import KeywordJudge
@@ -702,7 +696,6 @@ EXPERIMENT = Experiment(
     name="refusal_cliff",
     config=RefusalCliffConfig,
     stages=[Stage(name, globals()[f"stage_{name}"]) for name in STAGES],
-    load_model=load_model,
     prepare=prepare,
     audit=audit,
 )

@@ -172,12 +172,6 @@ def _check_layers_from_config(cfg: SteeringConfig) -> None:
                              "choose --layers within it")
 
 
-def load_model(cfg: SteeringConfig):
-    from probes.models.load import load_model
-
-    return load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
-
-
 # ----- the behaviour --------------------------------------------------------------------------------
 
 
@@ -504,7 +498,6 @@ EXPERIMENT = Experiment(
     name="steering",
     config=SteeringConfig,
     stages=[Stage(name, globals()[f"stage_{name}"]) for name in STAGES],
-    load_model=load_model,
     prepare=prepare,
     audit=audit,
 )

@@ -118,12 +118,6 @@ def load_problems(cfg: AnchorsConfig) -> list[dict[str, Any]]:
     return out
 
 
-def load_model(cfg: AnchorsConfig):
-    from probes.models.load import load_model
-
-    return load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
-
-
 def prompt_for(model, problem: str, style: str) -> str:
     from probes.anchors.rollouts import math_prompt
 
@@ -516,7 +510,6 @@ EXPERIMENT = Experiment(
     name="thought_anchors",
     config=AnchorsConfig,
     stages=[Stage(name, globals()[f"stage_{name}"]) for name in STAGES],
-    load_model=load_model,
     prepare=load_problems,
     audit=audit,
 )

@@ -132,16 +132,23 @@ class Stage:
     fn: Callable[[Context], Any]
 
 
+def load_config_model(cfg: ExperimentConfig) -> Any:
+    """The model named by ``cfg.model`` on ``cfg.device`` in ``cfg.dtype`` (the default ``load_model``)."""
+    from probes.models.load import load_model
+
+    return load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+
+
 @dataclass(frozen=True)
 class Experiment:
     """An experiment: ``prepare(cfg)`` validates inputs and returns them (no model, no directory),
-    ``load_model(cfg)``, the stages in order, and ``audit(ctx)``, which lists damaged, missing or
+    ``load_model(cfg)`` (default: ``cfg.model`` through ``probes.load_model``), the stages in order, and ``audit(ctx)``, which lists damaged, missing or
     partial artifacts for ``summary.json`` (a stage may add its own keys with ``write_summary``)."""
 
     name: str
     config: type[ExperimentConfig]
     stages: Sequence[Stage]
-    load_model: Callable[[ExperimentConfig], Any]
+    load_model: Callable[[ExperimentConfig], Any] = load_config_model
     prepare: Callable[[ExperimentConfig], Any] = lambda cfg: None
     audit: Callable[[Context], list[Issue]] = lambda ctx: []
 
