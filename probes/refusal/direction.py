@@ -59,7 +59,7 @@ from tqdm.auto import tqdm
 from probes.io import atomic_directory, load_artifact, save_artifact
 from probes.models.interventions import AddVector, ProjectOut
 from probes.models.positions import Positions
-from probes.steering.directions import Contrast, DiffInMeans, TokenIndex, read_contrast
+from probes.steering.directions import Contrast, ContrastActivations, DiffInMeans, TokenIndex, read_positions
 from probes.steering.selection import DEFAULT_KL_THRESHOLD, next_token_kl
 from probes.steering.vector import SteeringVector
 
@@ -254,7 +254,8 @@ def candidate_directions(
     progress: bool = False,
 ) -> RefusalCandidates:
     """r_{p,l} for every position p (default ``post_instruction_positions(model)``) and layer l
-    (default all) from rendered prompts (B2): one ``read_contrast`` per position, ``DiffInMeans()``."""
+    (default all) from rendered prompts (B2): every position read in the same forward passes
+    (``read_positions``), then ``DiffInMeans()`` per position."""
     harmful, harmless = _texts(harmful, "harmful"), _texts(harmless, "harmless")
     positions = post_instruction_positions(model) if positions is None else tuple(positions)
     if not positions:
@@ -268,9 +269,18 @@ def candidate_directions(
         raise ValueError("no layers: give at least one")
     layers = sorted({model.check_layer(L, "candidate_directions") for L in layers})
     contrast = Contrast.sets(harmful, harmless)
+    sites = [f"resid_pre[{L}]" for L in layers]
+    reads = [TokenIndex(int(p)) for p in positions]
+    got = {side: read_positions(model, texts, sites, reads, batch_size=batch_size, progress=progress,
+                                desc=f"candidates ({side})")
+           for side, texts in (("harmful", contrast.positive), ("harmless", contrast.negative))}
     rows = []
-    for p in tqdm(positions, desc="candidates", disable=not progress):
-        acts = read_contrast(model, contrast, layers, read=TokenIndex(int(p)), site="resid_pre", batch_size=batch_size)
+    for i, read in enumerate(reads):
+        acts = ContrastActivations(
+            positive={L: got["harmful"][s][:, i] for L, s in zip(layers, sites)},
+            negative={L: got["harmless"][s][:, i] for L, s in zip(layers, sites)},
+            paired=False, read_position=repr(read), data_hash=contrast.data_hash, model_spec=model.spec,
+            weights_hash=model.weights_hash, site="resid_pre")
         sv = acts.vector(DiffInMeans())
         rows.append(torch.stack([sv[L] for L in layers]))
     return RefusalCandidates(directions=torch.stack(rows), positions=positions, layers=layers, n_harmful=len(harmful),

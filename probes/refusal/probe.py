@@ -32,7 +32,7 @@ import torch
 
 from probes.evals.stats import Accuracy, Estimate, accuracy, auroc
 from probes.io import load_artifact, save_artifact
-from probes.steering.directions import Contrast, LastToken, ReadPosition, read_activations
+from probes.steering.directions import Contrast, LastToken, ReadPosition, read_activations, read_positions
 
 __all__ = [
     "AdamBCE",
@@ -287,9 +287,10 @@ def _class_features(model, positive, negative, sites, read, batch_size, progress
     """Site → (refusal features, non-refusal features); with several read rules each text gives one
     example per rule (stacked rule by rule)."""
     n, texts = len(positive), list(positive) + list(negative)
-    per_rule = [read_activations(model, texts, sites, read=r, batch_size=batch_size, progress=progress,
-                                 desc=f"features {r!r}") for r in _reads(read)]
-    return {s: (torch.cat([f[s][:n] for f in per_rule]), torch.cat([f[s][n:] for f in per_rule])) for s in sites}
+    reads = _reads(read)
+    got = read_positions(model, texts, sites, reads, batch_size=batch_size, progress=progress, desc="features")
+    return {s: (torch.cat([got[s][:n, i] for i in range(len(reads))]), torch.cat([got[s][n:, i] for i in range(len(reads))]))
+            for s in sites}
 
 
 def _read_name(read) -> str:

@@ -37,6 +37,7 @@ _EXPORTS = {
     "optimise_vector": "directions",
     "probe_vector": "directions",
     "read_activations": "directions",
+    "read_positions": "directions",
     "read_contrast": "directions",
     "target_nll": "directions",
     "RESIDUAL_SITES": "vector",

@@ -66,6 +66,7 @@ __all__ = [
     "optimise_vector",
     "probe_vector",
     "read_activations",
+    "read_positions",
     "read_contrast",
     "target_nll",
 ]
@@ -293,10 +294,28 @@ def read_activations(
     """Site → (n_inputs, d) float64: each input read at each of ``sites`` (one forward per batch,
     stopped after the last layer needed) and reduced by ``read`` (default ``LastToken()``), the
     mean over the positions it selects."""
-    read = LastToken() if read is None else read
+    got = read_positions(model, inputs, sites, [LastToken() if read is None else read], batch_size=batch_size,
+                         progress=progress, desc=desc)
+    return {s: v[:, 0] for s, v in got.items()}
+
+
+def read_positions(
+    model,
+    inputs: Sequence[Text],
+    sites: Sequence[str],
+    reads: Sequence[ReadPosition],
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
+    desc: str = "reading",
+) -> dict[str, torch.Tensor]:
+    """Site → (n_inputs, len(reads), d) float64: ``read_activations`` for several read rules from the
+    same forward passes (one pass per batch, whatever the number of rules)."""
     inputs = [_row(x, f"input {i}") for i, x in enumerate(inputs)]
     if not inputs:
         raise ValueError("no inputs to read: give at least one text or id row")
+    if not reads:
+        raise ValueError("no read rules: give at least one, e.g. [LastToken()]")
     out: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
     for start in tqdm(range(0, len(inputs), batch_size), desc=desc, disable=not progress):
         cap = model.capture(inputs[start:start + batch_size], list(sites))
@@ -304,10 +323,9 @@ def read_activations(
         for b in range(cap.input_ids.shape[0]):
             cols = mask[b].nonzero().squeeze(-1)  # column of each absolute position of the row
             ids = cap.input_ids[b, cols].tolist()
-            pos = _check_positions(read(ids, model), len(ids), read)
-            take = cols[torch.tensor(pos, device=cols.device)]
+            takes = [cols[torch.tensor(_check_positions(r(ids, model), len(ids), r), device=cols.device)] for r in reads]
             for s in sites:
-                out[s].append(cap[s][b, take].double().mean(0).cpu())
+                out[s].append(torch.stack([cap[s][b, t].double().mean(0).cpu() for t in takes]))
     return {s: torch.stack(rows) for s, rows in out.items()}
 
 
