@@ -1,5 +1,37 @@
-"""Reasoning task vectors (``reference/task_vectors.md``): weight-space arithmetic in ``arithmetic``."""
+"""Reasoning task vectors (``../shared/reference/task_vectors.md``; issue #14).
 
-from probes.vectors.arithmetic import apply_vector, l2_norm, random_like, task_vector, unique_parameters
+* ``checkpoint``: a checkpoint directory read tensor by tensor (memory-mapped safetensors, shards);
+* ``policy``: which tensors move, tied heads, vocabulary mismatches (§3), presets;
+* ``sources``: v = θ_a − θ_b from two checkpoints, a saved vector, the norm-matched random control (§1, §6);
+* ``stream``: θ′ = θ_target + Σ α_k·(m_k ⊙ v_k) streamed into sharded safetensors, and ``extract`` (§5);
+* ``manifest``: the record beside every output, per-tensor norms, the per-layer profile;
+* ``arithmetic``: in-memory v and ``with apply_vector(model, v, α):`` for quick α sweeps.
 
-__all__ = ["apply_vector", "l2_norm", "random_like", "task_vector", "unique_parameters"]
+Names below resolve on first use, so importing this package loads nothing heavy.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_MODULES = {
+    "arithmetic": ("apply_vector", "l2_norm", "random_like", "task_vector", "unique_parameters"),
+    "checkpoint": ("Checkpoint",),
+    "manifest": ("Manifest", "TensorRecord"),
+    "policy": ("Policy", "layer_of", "module_type"),
+    "sources": ("Difference", "RandomLike", "SavedVector", "norm_matched_noise"),
+    "stream": ("SHARD_BYTES", "ShardWriter", "Term", "extract", "merge", "plan"),
+}
+_EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"probes.vectors.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'probes.vectors' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -1,26 +1,28 @@
-"""Task-vector arithmetic in weight space: v = θ_RL − θ_SFT, θ′ = θ_target + α·v, and the
-norm-matched random control.
+"""In-memory task arithmetic on a loaded model: v = θ_RL − θ_SFT, θ + α·v for quick α sweeps, and
+the norm-matched random control (``reference/task_vectors.md`` §1, §3, §6, §7).
 
-Implements ``reference/task_vectors.md``:
+- ``task_vector(rl, sft)``: v per unique parameter tensor, computed in float32 (§7: bf16 deltas
+  between close checkpoints lose precision); a tied tensor is one tensor (§3), so it moves once;
+- ``with apply_vector(model, v, alpha):`` adds α·v to the model's weights in place (float32
+  arithmetic, cast to each weight's dtype) and restores the saved weights bit for bit on exit: an α
+  sweep without writing checkpoints. ``v`` is a ``{name: tensor}`` dict or any vector source of
+  ``probes.vectors.sources`` (donor checkpoints or a saved vector, read tensor by tensor);
+- ``random_like(v, seed)``: per tensor, Gaussian noise seeded by (seed, name) rescaled to ‖v_tensor‖₂
+  (the same noise as the streamed ``RandomLike``).
 
-- §1 "Definition": v = θ_GRPO − θ_SFT element-wise over every tensor; θ′ = θ_target + α·v
-  (α = 1 in the paper's runs, α = −1 is the negation ablation; no mask, m = 1);
-- §2 "Knobs" and §7 "Pitfalls": deltas are computed and applied in float32 (bf16 deltas between
-  close checkpoints lose precision);
-- §3 "Which tensors to include": policy "all" (every parameter tensor); a tied tensor
-  (embedding = lm_head) is one tensor, listed once by ``named_parameters``, so it moves once;
-  donors and target must have the same tensors and shapes, and a mismatch fails loudly (§7);
-- §6 "Controls": a random vector with each tensor Gaussian noise rescaled to ‖v_tensor‖₂.
-
-Vectors are plain ``{name: float32 tensor}`` dicts keyed by ``named_parameters`` names.
+Checkpoints of any size go through ``probes.vectors.stream`` instead.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterable, Mapping
+import contextlib
+import math
+import numbers
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
+
+from probes.vectors.sources import norm_matched_noise
 
 __all__ = ["apply_vector", "l2_norm", "random_like", "task_vector", "unique_parameters"]
 
@@ -30,7 +32,7 @@ def unique_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach() for name, p in model.named_parameters()}
 
 
-def _check_same_tensors(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], what: str) -> None:
+def _check_same_tensors(a: Mapping[str, torch.Tensor], b: Mapping[str, tuple[int, ...]], what: str) -> None:
     missing, extra = sorted(set(b) - set(a)), sorted(set(a) - set(b))
     if missing or extra:
         raise ValueError(
@@ -38,41 +40,48 @@ def _check_same_tensors(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Ten
             "Task vectors need the same architecture, with the same tied weights (task_vectors.md §1, §3)"
         )
     for name, t in a.items():
-        if t.shape != b[name].shape:
+        if tuple(t.shape) != tuple(b[name]):
             raise ValueError(
-                f"{what}: {name} has shape {tuple(t.shape)} against {tuple(b[name].shape)}; "
-                "task vectors need the same tensor shapes (a resized vocabulary needs a row policy, task_vectors.md §3)"
+                f"{what}: {name} has shape {tuple(t.shape)} against {tuple(b[name])}; task vectors need the same "
+                "tensor shapes (a resized vocabulary needs a row policy: probes.vectors.stream, task_vectors.md §3)"
             )
 
 
 def task_vector(rl: torch.nn.Module, sft: torch.nn.Module) -> dict[str, torch.Tensor]:
     """v = θ_rl − θ_sft per unique parameter tensor, computed in float32 (task_vectors.md §1, §7)."""
     a, b = unique_parameters(rl), unique_parameters(sft)
-    _check_same_tensors(a, b, "task_vector(rl, sft)")
+    _check_same_tensors(a, {k: t.shape for k, t in b.items()}, "task_vector(rl, sft)")
     return {name: t.float() - b[name].float() for name, t in a.items()}
 
 
-def apply_vector(model: torch.nn.Module, v: Mapping[str, torch.Tensor], alpha: float) -> torch.nn.Module:
-    """A float32 copy of ``model`` with ``alpha · v`` added to each unique parameter (θ′ = θ + α·v);
-    ``model`` itself is left unchanged. A tied tensor is one parameter, so it moves once (§3)."""
-    out = copy.deepcopy(model).float()
-    params = dict(out.named_parameters())
-    _check_same_tensors(params, v, "apply_vector(model, v)")
-    with torch.no_grad():
-        for name, p in params.items():
-            p.add_(v[name].to(p.device, torch.float32), alpha=alpha)
-    return out.eval()
+@contextlib.contextmanager
+def apply_vector(model, v, alpha: float = 1.0) -> Iterator:
+    """Inside the block, ``model`` (a ``probes`` Model or a torch module) has θ + α·v; on exit every
+    changed weight is restored bit for bit from a saved copy. A tied tensor is one parameter, so it moves once."""
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha):
+        raise ValueError(f"α = {alpha!r}: give a finite number (1 adds the vector, −1 negates it)")
+    module = getattr(model, "hf", model)
+    params = dict(module.named_parameters())
+    shapes = {name: v[name].shape for name in v} if isinstance(v, Mapping) else {n: v.shape(n) for n in v.names}
+    _check_same_tensors(params, shapes, "apply_vector(model, v)")
+    saved: dict[str, torch.Tensor] = {}
+    try:
+        with torch.no_grad():
+            for name, p in params.items():
+                delta = v[name] if isinstance(v, Mapping) else v.delta(name)
+                saved[name] = p.detach().clone()
+                p.copy_((p.float() + float(alpha) * delta.to(p.device, torch.float32)).to(p.dtype))
+        yield model
+    finally:
+        with torch.no_grad():
+            for name, original in saved.items():
+                params[name].copy_(original)
 
 
 def random_like(v: Mapping[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tensor]:
-    """The norm-matched random control (task_vectors.md §6): per tensor, standard Gaussian noise
-    (one seeded CPU generator, tensors in ``v``'s order) rescaled to the tensor's ‖v‖₂."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for name, t in v.items():
-        noise = torch.randn(t.shape, generator=g)
-        out[name] = noise * (t.float().norm().cpu() / noise.norm().clamp(min=1e-12))
-    return out
+    """The norm-matched random control (§6): per tensor, Gaussian noise seeded by (``seed``, name)
+    rescaled to the tensor's ‖v‖₂."""
+    return {name: norm_matched_noise(t, seed, name) for name, t in v.items()}
 
 
 def l2_norm(tensors: Mapping[str, torch.Tensor] | Iterable[torch.Tensor]) -> float:

@@ -228,40 +228,33 @@ def skip_rate(outputs: list[str], problems) -> float:
     return sum(extract_boxed(o) == p.meta["skip_answer"] for o, p in zip(outputs, problems)) / len(problems)
 
 
-def with_vector(model, v: dict, alpha: float):
-    """``model`` (a ``probes`` Model) moved by ``alpha · v`` (``probes.vectors.apply_vector``), as a new Model."""
-    from probes.models.load import from_hf
-    from probes.vectors import apply_vector
-
-    sign = "+" if alpha >= 0 else "-"
-    return from_hf(apply_vector(model.hf, v, alpha), model.tokenizer, spec=f"{model.spec} {sign} {abs(alpha)}·v")
-
-
 def measure_family(root: Path = ZOO_DIR, n: int = 500, progress: bool = True) -> dict:
     """Greedy accuracy and skip rate on ``n`` held-out problems of tv-sft, tv-rl, tv-instruct and
     tv-instruct + α·v for α ∈ {+1, −1} and a norm-matched random vector, with the paired
     differences against tv-instruct (95% bootstrap CIs, ``probes.evals.stats``). Writes the result
     to every family directory (``EVAL_FILE``)."""
+    import contextlib
+
     from tqdm.auto import tqdm
 
     from probes.evals.stats import accuracy, paired_difference_ci
     from probes.io import atomic_write_json
-    from probes.vectors import l2_norm, random_like, task_vector
+    from probes.vectors import apply_vector, l2_norm, random_like, task_vector
     from probes.zoo.evaluate import greedy_outputs, is_correct
 
     root = Path(root)
     start = time.perf_counter()
     sft, rl, inst = (load_stage(root / name) for name in ("tv-sft", "tv-rl", "tv-instruct"))
     v = task_vector(rl.hf, sft.hf)
-    models = {"tv-sft": lambda: sft, "tv-rl": lambda: rl, "tv-instruct": lambda: inst,
-              "tv-instruct + v": lambda: with_vector(inst, v, 1.0),
-              "tv-instruct − v": lambda: with_vector(inst, v, -1.0),
-              RANDOM_LABEL: lambda: with_vector(inst, random_like(v), 1.0)}
+    models = {"tv-sft": (sft, None), "tv-rl": (rl, None), "tv-instruct": (inst, None),  # (model, (vector, α))
+              "tv-instruct + v": (inst, (v, 1.0)), "tv-instruct − v": (inst, (v, -1.0)),
+              RANDOM_LABEL: (inst, (random_like(v), 1.0))}
     cfg = TVConfig.from_dict(json.loads((root / "tv-rl" / RECORD).read_text())["family"])
     problems = heldout_problems(n, cfg)
     rows, flags = {}, {}
-    for label, make in tqdm(models.items(), disable=not progress, desc="tv models"):
-        outs = greedy_outputs(make(), [p.prompt for p in problems])
+    for label, (model, vec) in tqdm(models.items(), disable=not progress, desc="tv models"):
+        with apply_vector(model, *vec) if vec else contextlib.nullcontext():  # restored bit for bit on exit
+            outs = greedy_outputs(model, [p.prompt for p in problems])
         flags[label] = [is_correct(o, p.gold) for o, p in zip(outs, problems)]
         a = accuracy(flags[label])
         rows[label] = {"accuracy": [a.value, a.lo, a.hi], "skip_rate": skip_rate(outs, problems)}

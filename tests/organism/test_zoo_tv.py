@@ -210,10 +210,13 @@ def test_family_cards_state_the_vector_effect(family):
 
 def test_quick_vector_direction_on_held_out_problems(family):
     """+v raises and −v lowers tv-instruct's greedy accuracy, on a small held-out sample."""
-    from probes.vectors import task_vector
+    from probes.vectors import apply_vector, task_vector
 
     torch.set_num_threads(2)
     sft, rl, inst = (tv.load_stage(family[name]) for name in ("tv-sft", "tv-rl", "tv-instruct"))
     v = task_vector(rl.hf, sft.hf)
-    acc = {a: sum(tv.greedy_flags(tv.with_vector(inst, v, a) if a else inst, 100)) for a in (-1.0, 0.0, 1.0)}
+    acc = {}
+    for a in (-1.0, 0.0, 1.0):
+        with apply_vector(inst, v, a):
+            acc[a] = sum(tv.greedy_flags(inst, 100))
     assert acc[1.0] > acc[0.0] > acc[-1.0], acc

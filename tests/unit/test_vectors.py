@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from probes.vectors import apply_vector, l2_norm, random_like, task_vector, unique_parameters
+from probes.vectors.sources import _seed
 
 
 class Tied(torch.nn.Module):
@@ -50,25 +51,33 @@ def test_deltas_are_float32_even_from_bf16_weights():
     assert v["embed.weight"].dtype == torch.float32 and v["embed.weight"][0, 0].item() == 2**-7
 
 
-def test_apply_vector_by_hand_moves_the_tied_tensor_once():
+def test_apply_vector_by_hand_moves_the_tied_tensor_once_and_restores_bit_for_bit():
     rl, sft = pair()
     v = task_vector(rl, sft)
-    moved = apply_vector(sft, v, 1.0)
-    assert moved.head.weight is moved.embed.weight
-    assert torch.equal(moved.embed.weight, torch.tensor([[1.5, 2.0], [3.0, 3.0]]))  # = θ_rl: moved once, not twice
-    half = apply_vector(sft, v, -0.5)
-    assert torch.equal(half.embed.weight, torch.tensor([[0.75, 2.0], [3.0, 4.5]]))
-    assert torch.equal(half.norm, torch.tensor([1.0, 1.125]))
-    assert torch.equal(sft.embed.weight, torch.tensor([[1.0, 2.0], [3.0, 4.0]]))  # the target is left unchanged
+    before = {k: t.clone() for k, t in sft.state_dict().items()}
+    with apply_vector(sft, v, 1.0) as moved:
+        assert moved is sft and torch.equal(sft.embed.weight, rl.embed.weight) and torch.equal(sft.norm, rl.norm)
+        assert sft.head.weight is sft.embed.weight  # still tied: the one tensor moved once
+    with apply_vector(sft, v, -0.5):
+        assert torch.equal(sft.embed.weight, torch.tensor([[0.75, 2.0], [3.0, 4.5]]))
+        assert torch.equal(sft.norm, torch.tensor([1.0, 1.125]))
+    assert all(torch.equal(t, before[k]) for k, t in sft.state_dict().items())
 
 
-def test_apply_vector_returns_float32_and_round_trips():
+def test_apply_vector_keeps_the_dtype_and_restores_after_an_error():
     rl, sft = pair(torch.bfloat16)
     v = task_vector(rl, sft)
-    moved = apply_vector(sft, v, 1.0)
-    assert all(p.dtype == torch.float32 for p in moved.parameters())
-    back = apply_vector(moved, v, -1.0)
-    assert all(torch.equal(p, q.float()) for p, q in zip(back.parameters(), sft.parameters()))
+    before = [p.clone() for p in sft.parameters()]
+    with pytest.raises(RuntimeError, match="inside"):
+        with apply_vector(sft, v, 0.3):
+            assert all(p.dtype == torch.bfloat16 for p in sft.parameters())
+            want = (before[1].float() + 0.3 * v["embed.weight"]).to(torch.bfloat16)
+            assert torch.equal(sft.embed.weight, want)
+            raise RuntimeError("inside")
+    assert all(torch.equal(p, q) for p, q in zip(sft.parameters(), before))
+    with pytest.raises(ValueError, match="finite"):
+        with apply_vector(sft, v, float("nan")):
+            pass
 
 
 def test_mismatched_tensors_fail_loudly():
@@ -78,7 +87,8 @@ def test_mismatched_tensors_fail_loudly():
     with pytest.raises(ValueError, match="head.weight"):
         task_vector(untied, sft)
     with pytest.raises(ValueError, match="shape"):
-        apply_vector(sft, {"norm": torch.zeros(3), "embed.weight": torch.zeros(2, 2)}, 1.0)
+        with apply_vector(sft, {"norm": torch.zeros(3), "embed.weight": torch.zeros(2, 2)}, 1.0):
+            pass
 
 
 def test_random_control_is_norm_matched_per_tensor_and_seeded():
@@ -88,8 +98,9 @@ def test_random_control_is_norm_matched_per_tensor_and_seeded():
     assert list(r) == list(v)
     for name in v:
         assert r[name].norm().item() == pytest.approx(v[name].norm().item(), rel=1e-6)
-    g = torch.Generator().manual_seed(3)  # the same draws in the same order, by hand
+    g = torch.Generator().manual_seed(_seed(3, "norm"))  # seeded by (seed, tensor name), by hand
     first = torch.randn(2, generator=g)
     assert torch.allclose(r["norm"], first * (0.25 / first.norm()))
+    assert torch.equal(random_like({"norm": v["norm"]}, seed=3)["norm"], r["norm"])  # independent of the other tensors
     assert all(torch.equal(a, b) for a, b in zip(random_like(v, seed=3).values(), r.values()))
     assert not torch.equal(random_like(v, seed=4)["embed.weight"], r["embed.weight"])

@@ -1,0 +1,118 @@
+"""A Hugging Face checkpoint directory read tensor by tensor (``reference/task_vectors.md`` §5 "Recommended engine").
+
+``Checkpoint`` indexes a directory's safetensors files (one file, or shards listed by
+``model.safetensors.index.json``) from their headers only; ``get(name)`` reads one tensor through a
+memory-mapped ``safe_open``, so nothing holds a whole model. Pickle checkpoints are refused
+(``probes.io.PickleRefusedError``): safetensors only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from probes.io import PickleRefusedError, weights_hash
+
+INDEX = "model.safetensors.index.json"
+_PICKLES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+class Checkpoint:
+    """The tensors of a checkpoint directory (names, shapes, dtypes from the headers), its config and hash."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"{self.path} is not a checkpoint directory (a folder with *.safetensors and "
+                                    "config.json, e.g. a save_pretrained output)")
+        index = self.path / INDEX
+        if index.is_file():
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            files = sorted({self.path / f for f in weight_map.values()})
+        else:
+            files = sorted(self.path.glob("*.safetensors"))
+        if not files:
+            pickles = sorted(p.name for p in self.path.iterdir() if p.suffix in _PICKLES)
+            if pickles:
+                raise PickleRefusedError(f"{self.path} holds only pickle weights ({', '.join(pickles[:3])}): "
+                                         "convert them to safetensors (save_pretrained(..., safe_serialization=True))")
+            raise FileNotFoundError(f"{self.path} holds no *.safetensors weights")
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{self.path}: shards {missing} listed in {INDEX} are missing")
+        self.files = files
+        self._where: dict[str, Path] = {}
+        self._meta: dict[str, tuple[tuple[int, ...], str]] = {}
+        from safetensors import safe_open
+
+        for f in files:
+            with safe_open(f, framework="pt") as h:
+                for name in h.keys():
+                    if name in self._where:
+                        raise ValueError(f"{self.path}: tensor {name} is in two shards ({self._where[name].name}, {f.name})")
+                    sl = h.get_slice(name)
+                    self._where[name] = f
+                    self._meta[name] = (tuple(sl.get_shape()), sl.get_dtype())
+        self._open: dict[Path, Any] = {}
+
+    @property
+    def names(self) -> list[str]:
+        """Tensor names, shard by shard in file order, then by name within a shard."""
+        return sorted(self._where, key=lambda n: (self.files.index(self._where[n]), n))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._meta[name][0]
+
+    def dtype(self, name: str) -> str:
+        """The safetensors dtype string (``F32``, ``BF16``, ``F16``, …)."""
+        return self._meta[name][1]
+
+    def nbytes(self, name: str) -> int:
+        n = 1
+        for d in self.shape(name):
+            n *= d
+        return n * _ITEMSIZE.get(self.dtype(name), 4)
+
+    def get(self, name: str) -> torch.Tensor:
+        """One tensor, read from its memory-mapped shard."""
+        from safetensors import safe_open
+
+        f = self._where[name]
+        if f not in self._open:
+            self._open[f] = safe_open(f, framework="pt")
+        return self._open[f].get_tensor(name)
+
+    def close(self) -> None:
+        self._open.clear()
+
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        path = self.path / "config.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+    @property
+    def tied(self) -> bool:
+        """Whether the output head is the input embedding (no ``lm_head`` tensor stored, §3 "Tied weights")."""
+        cfg = self.config.get("text_config", self.config)
+        return bool(cfg.get("tie_word_embeddings", self.config.get("tie_word_embeddings", False)))
+
+    @cached_property
+    def sha256(self) -> str:
+        """sha256 over the weight files (``probes.io.weights_hash``)."""
+        return weights_hash(self.files)
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({str(self.path)!r}, {len(self._where)} tensors, {len(self.files)} files)"
+
+
+_ITEMSIZE = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+             "F8_E4M3": 1, "F8_E5M2": 1}
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
