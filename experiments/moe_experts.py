@@ -16,7 +16,7 @@ RICE at every (ℓ, β) and with random experts of the same count (one unit per 
 sweep resumes at the first unfinished one); ``report`` draws everything from the saved artifacts.
 
 Problems: ``zoo:arithmetic`` (the organisms' task; selection = held-out problems 0..n_traces-1,
-evaluation = the next n_problems) or a JSONL file of ``{"prompt": ..., "gold": ...}`` records
+evaluation = the next n_problems), a public set by name (gsm8k, math-500; online) or a JSONL file of ``{"prompt": ..., "gold": ...}`` records
 (selection = the first n_traces records, evaluation = the next n_problems).
 """
 
@@ -49,7 +49,8 @@ class ExpertsConfig(ExperimentConfig):
 
     model: str = field(default="zoo:moe-reasoner", metadata={"help": "model spec (zoo:NAME, directory or hub name); an MoE model"})
     problems: str = field(default=ZOO_PROBLEMS, metadata={
-        "help": "zoo:arithmetic, or a JSONL file of {\"prompt\", \"gold\"} records (selection first, then evaluation)"})
+        "help": "zoo:arithmetic, a public set (gsm8k, math-500; online) or a JSONL file of {\"prompt\", \"gold\"} records "
+                "(selection first, then evaluation)"})
     n_traces: int = field(default=200, metadata={"help": "selection problems: the model's own traces counted for nPMI"})
     markers: list[str] = field(default_factory=lambda: ["<think>", "</think>"], metadata={
         "help": "marker tokens: a one-token string, 're:PATTERN' over decoded tokens, or '#ID' / '#ID,ID' token ids"})
@@ -114,36 +115,29 @@ class ExpertsConfig(ExperimentConfig):
 
 
 @dataclass(frozen=True)
-class Problem:
-    prompt: str
-    gold: str
-
-
-@dataclass(frozen=True)
 class Inputs:
-    selection: list[Problem]
-    evaluation: list[Problem]
+    selection: list
+    evaluation: list
+    """``probes.evals.problems.Problem`` lists."""
 
 
 def prepare(cfg: ExpertsConfig) -> Inputs:
     """Selection and evaluation problems, checked before any model is loaded."""
     n = cfg.n_traces + cfg.n_problems
+    from probes.evals.problems import Problem
+
     if cfg.problems == ZOO_PROBLEMS:
         from probes.zoo.tasks import arithmetic
 
         items = [arithmetic.generate(i, arithmetic.HELDOUT_SEED) for i in range(n)]
         problems = [Problem(e.prompt, e.gold) for e in items]
     else:
-        from probes.io import read_jsonl
+        from probes.evals.problems import load_problems
 
-        path = Path(cfg.problems)
-        if not path.is_file():
-            raise ValueError(f"--problems {cfg.problems}: no such file; give {ZOO_PROBLEMS} or a JSONL file of "
-                             '{"prompt": ..., "gold": ...} records')
-        problems = read_jsonl(path, lambda row: Problem(str(row["prompt"]), str(row["gold"])),
-                              fix='each line is a {"prompt": ..., "gold": ...} record')
+        problems = load_problems(cfg.problems, n)
         if len(problems) < n:
-            raise ValueError(f"{path} has {len(problems)} problems; n_traces + n_problems = {n}: lower them or add problems")
+            raise ValueError(f"{cfg.problems} has {len(problems)} problems; n_traces + n_problems = {n}: lower them or "
+                             "add problems")
     return Inputs(problems[: cfg.n_traces], problems[cfg.n_traces : n])
 
 

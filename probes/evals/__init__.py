@@ -1,6 +1,6 @@
 """Shared evaluation helpers: answer extraction and checking, rates with bootstrap CIs."""
 
-from probes.evals.answers import check_answer, extract_boxed, normalize_answer
+from probes.evals.answers import boxed_correct, check_answer, extract_boxed, normalize_answer
 from probes.evals.stats import Accuracy, Estimate, accuracy, bootstrap_ci, paired_difference_ci
 
 __all__ = [
@@ -8,6 +8,7 @@ __all__ = [
     "Estimate",
     "accuracy",
     "bootstrap_ci",
+    "boxed_correct",
     "check_answer",
     "extract_boxed",
     "normalize_answer",

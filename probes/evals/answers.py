@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 
-__all__ = ["check_answer", "extract_boxed", "normalize_answer"]
+__all__ = ["boxed_correct", "check_answer", "extract_boxed", "normalize_answer"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,3 +109,8 @@ def check_answer(pred: str | None, gold: str | None) -> bool:
     if normalize_answer(pred) == normalize_answer(gold):
         return True
     return _sympy_equal(pred, gold)
+
+
+def boxed_correct(output: str, gold: str) -> bool:
+    """Whether the first ``\\boxed{}`` of a model's output matches ``gold`` (``check_answer``)."""
+    return check_answer(extract_boxed(output), gold)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from probes.evals.answers import boxed_correct
 from probes.evals.stats import Estimate, bootstrap_ci, paired_difference_ci
 
 TEMPERATURE, TOP_P = 0.6, 0.95
@@ -60,16 +61,9 @@ class ConditionResult:
         return cls(f["name"], a["correct"].astype(bool), a["think_tokens"], a["closed"].astype(bool))
 
 
-def default_check(output: str, gold: str) -> bool:
-    """The first ``\\boxed{}`` of the output equals the gold answer (``probes.evals.answers``)."""
-    from probes.evals.answers import check_answer, extract_boxed
-
-    return check_answer(extract_boxed(output), gold)
-
-
 def run_condition(model, prompts: Sequence[str], golds: Sequence[str], *, name: str, interventions: Sequence = (),
                   samples: int = 4, seed: int = 0, temperature: float = TEMPERATURE, top_p: float = TOP_P,
-                  max_new_tokens: int = 256, check: Callable[[str, str], bool] = default_check,
+                  max_new_tokens: int = 256, check: Callable[[str, str], bool] = boxed_correct,
                   progress: bool = False) -> ConditionResult:
     """Sample ``samples`` completions of each chat-rendered prompt under ``interventions`` (one
     shared prefill per prompt, KV cache on) and score them."""
