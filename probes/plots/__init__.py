@@ -28,6 +28,7 @@ from probes.plots.refusal import (
 )
 from probes.plots.report import Report
 from probes.plots.steering import behaviour_alpha_figure, kl_alpha_figure, steerability_histogram
+from probes.plots.vectors import alpha_curve_figure, condition_accuracy_figure, delta_profile_figure
 from probes.plots.viewer import write_steered_text, write_trace_viewer
 
 __all__ = [
@@ -39,4 +40,5 @@ __all__ = [
     "write_steered_text",
     "write_trace_viewer",
     "beta_sweep_figure", "category_share_figure", "npmi_heatmap", "score_ranking_figure",
+    "alpha_curve_figure", "condition_accuracy_figure", "delta_profile_figure",
 ]
