@@ -113,6 +113,31 @@ class Checkpoint:
         return f"Checkpoint({str(self.path)!r}, {len(self._where)} tensors, {len(self.files)} files)"
 
 
+HUB_FILES = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.jinja", "tokenizer*", "*.txt", "*.model"]
+"""What a hub checkpoint needs locally: weights (safetensors only), config, tokenizer, chat template."""
+
+
+def checkpoint_dir(spec: str, revision: str | None = None) -> Path:
+    """The local directory of ``spec``: ``zoo:NAME``, a directory, or a hub name (downloaded once into
+    the Hugging Face cache, safetensors and config/tokenizer files only)."""
+    if spec.startswith("zoo:"):
+        from probes.models.zoo_registry import zoo_path
+
+        return zoo_path(spec[4:])
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or spec.count("/") != 1:
+        raise ValueError(f"{spec!r} is neither a checkpoint directory, zoo:NAME, nor a hub name (owner/name)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(spec, revision=revision, allow_patterns=HUB_FILES))
+    except Exception as e:  # offline, gated, missing: one clear line
+        raise ValueError(f"{spec} could not be fetched from the Hugging Face hub ({type(e).__name__}: {e}); "
+                         "download it on a machine with access and pass its directory") from None
+
+
 _ITEMSIZE = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
              "F8_E4M3": 1, "F8_E5M2": 1}
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
