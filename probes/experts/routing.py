@@ -164,14 +164,22 @@ class RoutingRecorder:
         self._first = first_trace
         self._starts = None if starts is None else torch.as_tensor(list(starts), device=self.model.device)
         model = self.model
+        points = [resolve(model, Site("expert_topk", L)) for L in self.layers]
         handles = []
+
+        def place(*_):
+            # At the start of every forward, the reads go after every hook on the routers, so routing
+            # edited by an intervention entered inside recording() (ForceExperts) counts as it runs.
+            for h in handles:
+                h.remove()
+            handles[:] = [attach(model, p, lambda v, j=j: self._count(j, v[0])) for j, p in enumerate(points)]
+
         with model.scope():
+            base = model.hf.get_submodule(model.adapter.base).register_forward_pre_hook(place)
             try:
-                for j, L in enumerate(self.layers):
-                    handles.append(attach(model, resolve(model, Site("expert_topk", L)),
-                                          lambda v, j=j: self._count(j, v[0])))
                 yield self
             finally:
+                base.remove()
                 for h in handles:
                     h.remove()
                 self._forward = self._starts = None
