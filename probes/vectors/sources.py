@@ -143,6 +143,11 @@ class RandomLike:
     def config(self) -> dict[str, Any]:
         return self.source.config
 
+    @property
+    def excluded(self) -> dict[str, str]:
+        """The source's tensors left out when it was extracted (a saved vector's), and why."""
+        return getattr(self.source, "excluded", {})
+
     def delta(self, name: str) -> torch.Tensor:
         v = self.source.delta(name)
         return norm_matched_noise(v, self.seed, name)

@@ -115,6 +115,13 @@ def plan(target: Checkpoint, terms: Sequence[Term], policy: Policy) -> tuple[lis
                         notes.append(f"vector {k}: donors are tied (tied=skip)")
                         continue
                     src = _embedding_of(t.source)
+                    if src is None:  # a saved vector that left the embedding out has no delta to mirror
+                        left = [r for n, r in getattr(t.source, "excluded", {}).items() if EMBEDDING.search(n)]
+                        if left:
+                            notes.append(f"vector {k}: tied donors' embedding left out when extracted ({left[0]})")
+                        else:
+                            errors.append(f"{name}: vector {k}'s donors are tied but hold no embedding to mirror")
+                        continue
                     notes.append(f"vector {k}: tied donors' embedding delta mirrored")
                 else:
                     errors.append(f"{name}: missing from vector {k}'s donors")
@@ -253,7 +260,8 @@ def merge(target: str | os.PathLike[str] | Checkpoint, terms: Sequence[Term], ou
                 writer.add(step.name, theta.to(out_dtype))
                 records.append(TensorRecord(step.name, step.action, step.reason, 0.0, _norm(theta)))
                 continue
-            new = theta.float()
+            theta_norm = _norm(theta)
+            new = theta.float()  # theta itself when it is float32: it is not read again below
             delta = torch.zeros_like(new)
             for k, src, rows in step.parts:
                 term = terms[k]
@@ -266,7 +274,7 @@ def merge(target: str | os.PathLike[str] | Checkpoint, terms: Sequence[Term], ou
                 del v
             new.add_(delta)
             writer.add(step.name, new.to(out_dtype))
-            records.append(TensorRecord(step.name, step.action, step.reason, _norm(delta), _norm(theta)))
+            records.append(TensorRecord(step.name, step.action, step.reason, _norm(delta), theta_norm))
             del theta, new, delta
         writer.close()
         _copy_target_files(target, tmp, dtype)
