@@ -7,8 +7,9 @@ Capability issues add their stage and their section here.
     probes demo                          # zoo:reasoner → runs/demo/<run-id>/report.html
     probes demo --run-dir runs/demo/<id> # resume as configured
 
-The steering, refusal and experts sections run small ``experiments.steering`` and ``experiments.refusal_cliff``
-runs on ``zoo:refusal-reasoner`` and an ``experiments.moe_experts`` run on ``zoo:moe-reasoner`` as sub-runs, ``<demo run>/<experiment>/<run-id>/`` (each with its own
+The steering, refusal, experts and task-vector sections run small ``experiments.steering`` and
+``experiments.refusal_cliff`` runs on ``zoo:refusal-reasoner``, an ``experiments.moe_experts`` run on
+``zoo:moe-reasoner`` and an ``experiments.task_vectors`` run on the ``zoo:tv-*`` family as sub-runs, ``<demo run>/<experiment>/<run-id>/`` (each with its own
 config, provenance, markers and full report; resumable with ``python -m experiments.<experiment> --run-dir``).
 """
 
@@ -24,9 +25,9 @@ import torch
 from probes.harness import Context, Experiment, ExperimentConfig, Stage, main, session_field
 
 StageName = Literal["model", "trace", "attention", "logit_lens", "thought_anchors", "steering", "refusal", "experts",
-                    "report"]
+                    "task_vectors", "report"]
 STAGES: tuple[StageName, ...] = ("model", "trace", "attention", "logit_lens", "thought_anchors", "steering", "refusal",
-                                 "experts", "report")
+                                 "experts", "task_vectors", "report")
 
 
 def _default_prompt() -> str:
@@ -65,6 +66,8 @@ class DemoConfig(ExperimentConfig):
         "help": "MoE experts: the mixture-of-experts model (problems: the zoo's arithmetic task)"})
     experts_betas: list[float] = field(default_factory=lambda: [4.0, 64.0], metadata={"help": "MoE experts: β swept"})
     experts_problems: int = field(default=8, metadata={"help": "MoE experts: evaluation problems (2 samples each)"})
+    vectors_problems: int = field(default=60, metadata={
+        "help": "task vectors: held-out problems of the zoo:tv family (tv-instruct + (tv-rl − tv-sft))"})
     stages: list[StageName] = session_field(default_factory=lambda: list(STAGES), help="stages to run, in order")
 
     def __post_init__(self):
@@ -75,6 +78,7 @@ class DemoConfig(ExperimentConfig):
         self.steering_config()  # the sub-runs' fields are checked with their experiments' own rules
         self.refusal_config()
         self.experts_config()
+        self.vectors_config()
 
     def steering_config(self, **session: Any):
         """The demo-sized ``SteeringConfig`` of the steering section (``session``: its session fields)."""
@@ -94,7 +98,6 @@ class DemoConfig(ExperimentConfig):
                                   head_samples=1, cliff_judge_ks=[], seed=self.seed, formats=self.formats, device=self.device,
                                   dtype=self.dtype, **session)
 
-
     def experts_config(self, **session: Any):
         """The demo-sized ``ExpertsConfig`` of the experts section (``session``: its session fields)."""
         from experiments.moe_experts import ExpertsConfig
@@ -104,6 +107,12 @@ class DemoConfig(ExperimentConfig):
                              n_stability=200, seed=self.seed, formats=self.formats, device=self.device, dtype=self.dtype,
                              **session)
 
+    def vectors_config(self, **session: Any):
+        """The demo-sized ``VectorsConfig`` of the task-vector section (``session``: its session fields)."""
+        from experiments.task_vectors import VectorsConfig
+
+        return VectorsConfig(n_problems=self.vectors_problems, alphas=[-1.0, 0.0, 0.5, 1.0], seed=self.seed,
+                             formats=self.formats, device=self.device, dtype=self.dtype, **session)
 
 # ----- stages: compute and save -----------------------------------------------------------------
 
@@ -203,6 +212,12 @@ def stage_experts(ctx: Context) -> None:
     run_sub(ctx, EXPERTS_EXPERIMENT, ctx.cfg.experts_config, ctx.cfg.experts_model)
 
 
+def stage_task_vectors(ctx: Context) -> None:
+    from experiments.task_vectors import EXPERIMENT as VECTORS_EXPERIMENT
+
+    run_sub(ctx, VECTORS_EXPERIMENT, ctx.cfg.vectors_config, "zoo:tv-instruct")
+
+
 # ----- report: saved artifacts only ---------------------------------------------------------------
 
 
@@ -254,6 +269,8 @@ def stage_report(ctx: Context):
         summary["refusal"] = add_refusal_section(ctx, report)
     if ctx.done("experts") and sub_run_dir(ctx, "moe_experts") is not None:
         summary["experts"] = add_experts_section(ctx, report)
+    if ctx.done("task_vectors") and sub_run_dir(ctx, "task_vectors") is not None:
+        summary["task_vectors"] = add_vectors_section(ctx, report)
     if summary:
         ctx.experiment.write_summary(ctx, summary)
     return report.write(run.path)
@@ -387,6 +404,22 @@ def add_experts_section(ctx: Context, report) -> dict[str, Any]:
     report.add_text(f"Demo-sized: {xcfg.n_traces} traces, {xcfg.n_problems} evaluation problems × {xcfg.samples} "
                     f"samples, {xcfg.random_draws} random draw; `python -m experiments.moe_experts` runs the full "
                     f"sweep. Full report: {where}/report.html.")
+    return {"run": where, **out}
+
+
+def add_vectors_section(ctx: Context, report) -> dict[str, Any]:
+    """The task-vector sub-run's report sections (profile, conditions, α curve) under the demo's heading."""
+    import experiments.task_vectors as V
+    from probes.runs import Run
+
+    path = sub_run_dir(ctx, "task_vectors")
+    vcfg, _ = V.EXPERIMENT.resolve(V.VectorsConfig(run_dir=str(path)))
+    vctx = Context(V.EXPERIMENT, vcfg, V.prepare(vcfg), Run.open(path))
+    where = path.relative_to(ctx.run.path).as_posix()
+    out = V.add_report_sections(vctx, report, heading="Reasoning task vector (zoo:tv family)")
+    report.add_text(f"{vcfg.model} + (θ({vcfg.rl}) − θ({vcfg.sft})) on {vcfg.n_problems} held-out problems; the family "
+                    "plants a habit of skipping the last step in the SFT donor that RL removes, and the skip rate shows "
+                    f"whether the vector carries it. Full report: {where}/report.html.")
     return {"run": where, **out}
 
 

@@ -13,9 +13,11 @@ SMALL = {
                             "direction_positions": [-1]},
     "moe_experts.ipynb": {"n_traces": 20, "n_problems": 3, "samples": 1, "betas": [4.0], "random_draws": 1,
                           "n_stability": 50, "max_new_tokens": 160},
+    "task_vectors.ipynb": {"n_problems": 12, "alphas": [0.0, 1.0]},
 }
 ORGANISM = {"thought_anchors.ipynb": "reasoner", "steering.ipynb": "refusal-reasoner",
-            "refusal_cliff.ipynb": "refusal-reasoner", "moe_experts.ipynb": "moe-reasoner"}
+            "refusal_cliff.ipynb": "refusal-reasoner", "moe_experts.ipynb": "moe-reasoner",
+            "task_vectors.ipynb": "tv-instruct"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
