@@ -142,11 +142,9 @@ class RoutingRecorder:
         self._ids = {m: torch.tensor(ids, device=model.device) for m, ids in self.markers.items()}
         E, n = model.n_experts, len(self.layers)
         self._E = E
-        # device tensors, grown by trace: [selected (cap, n, E), tokens (cap,)] and per marker the same two
-        self._sel = torch.zeros(0, n, E, dtype=torch.long, device=model.device)
-        self._tok = torch.zeros(0, dtype=torch.long, device=model.device)
-        self._msel = {m: self._sel.clone() for m in self.markers}
-        self._mtok = {m: self._tok.clone() for m in self.markers}
+        # device tables grown by trace; slot 0 counts every token, slot 1 + i marker i's positions
+        self._sel = torch.zeros(0, 1 + len(self.markers), n, E, dtype=torch.long, device=model.device)
+        self._tok = torch.zeros(0, 1 + len(self.markers), dtype=torch.long, device=model.device)
         self._first = 0
         self._starts = None  # per row of the current call: first position counted
         self._n = 0  # traces seen: 1 + the highest trace index counted
@@ -191,10 +189,7 @@ class RoutingRecorder:
             return
         pad = max(need, 2 * have) - have
         self._sel = torch.cat([self._sel, self._sel.new_zeros(pad, *self._sel.shape[1:])])
-        self._tok = torch.cat([self._tok, self._tok.new_zeros(pad)])
-        for m in self.markers:
-            self._msel[m] = torch.cat([self._msel[m], self._msel[m].new_zeros(pad, *self._sel.shape[1:])])
-            self._mtok[m] = torch.cat([self._mtok[m], self._mtok[m].new_zeros(pad)])
+        self._tok = torch.cat([self._tok, self._tok.new_zeros(pad, *self._tok.shape[1:])])
 
     def _begin(self) -> tuple:
         """Per forward (first MoE layer): each batch row's traces, and the masks of valid and marker positions."""
@@ -224,21 +219,17 @@ class RoutingRecorder:
         per_row = torch.bmm(masks, onehot).round().long()  # (B, 1 + markers, E): all tokens, then each marker
         R = traces.shape[1]
         rows = traces.expand(B, R).reshape(-1)
-        for i, (sel, tok) in enumerate(self._tables()):
-            sel[:, j].index_add_(0, rows, per_row[:, i].repeat_interleave(R, 0))
-            if j == 0:
-                tok.index_add_(0, rows, masks[:, i].sum(1).long().repeat_interleave(R, 0))
-
-    def _tables(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(self._sel, self._tok)] + [(self._msel[m], self._mtok[m]) for m in self.markers]
+        self._sel[:, :, j].index_add_(0, rows, per_row.repeat_interleave(R, 0))  # one add for tokens and markers
+        if j == 0:
+            self._tok.index_add_(0, rows, masks.sum(2).long().repeat_interleave(R, 0))
 
     def counts(self) -> RoutingCounts:
         n = self._n
         return RoutingCounts(
             layers=list(self.layers), n_experts=self._E, top_k=self.model.top_k, markers=dict(self.markers),
-            selected=self._sel[:n].cpu().numpy(), tokens=self._tok[:n].cpu().numpy(),
-            marker_selected={m: a[:n].cpu().numpy() for m, a in self._msel.items()},
-            marker_tokens={m: a[:n].cpu().numpy() for m, a in self._mtok.items()},
+            selected=self._sel[:n, 0].cpu().numpy(), tokens=self._tok[:n, 0].cpu().numpy(),
+            marker_selected={m: self._sel[:n, 1 + i].cpu().numpy() for i, m in enumerate(self.markers)},
+            marker_tokens={m: self._tok[:n, 1 + i].cpu().numpy() for i, m in enumerate(self.markers)},
         )
 
 
