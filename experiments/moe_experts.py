@@ -189,11 +189,19 @@ def _traces(ctx: Context) -> list[dict[str, str]]:
 
 
 def random_experts(model, cfg: ExpertsConfig, chosen, ell: int, draw: int) -> list[tuple[int, int]]:
-    """Draw ``draw`` of the random-expert control at ℓ: ℓ pairs other than the chosen ones (the same
-    pairs at every β)."""
+    """Draw ``draw`` of the random-expert control at ℓ: ℓ pairs other than the chosen ones, and another
+    set than draws 0..draw-1 while the model has enough pairs (the same pairs at every β)."""
     from probes.experts import random_pairs
 
-    return random_pairs(model, ell, seed=cfg.seed * 1000 + 100 * ell + draw, exclude=chosen)
+    seen: list[list[tuple[int, int]]] = []
+    n_sets = math.comb(len(model.moe_layers) * model.n_experts - len(chosen), ell)
+    seed = cfg.seed * 1000 + 100 * ell
+    while len(seen) <= draw:
+        pairs = random_pairs(model, ell, seed=seed, exclude=chosen)
+        seed += 1
+        if pairs not in seen or len(seen) >= n_sets:
+            seen.append(pairs)
+    return seen[draw]
 
 
 # ----- stages ------------------------------------------------------------------------------------------
