@@ -1,6 +1,6 @@
 """Reasoning task vectors (``../shared/reference/task_vectors.md``; issue #14).
 
-* ``checkpoint``: a checkpoint directory read tensor by tensor (memory-mapped safetensors, shards);
+* ``checkpoint``: a checkpoint directory read tensor by tensor (safetensors, shards);
 * ``policy``: which tensors move, tied heads, vocabulary mismatches (§3), presets;
 * ``sources``: v = θ_a − θ_b from two checkpoints, a saved vector, the norm-matched random control (§1, §6);
 * ``stream``: θ′ = θ_target + Σ α_k·(m_k ⊙ v_k) streamed into sharded safetensors, and ``extract`` (§5);

@@ -1,15 +1,18 @@
 """A Hugging Face checkpoint directory read tensor by tensor (``reference/task_vectors.md`` §5 "Recommended engine").
 
 ``Checkpoint`` indexes a directory's safetensors files (one file, or shards listed by
-``model.safetensors.index.json``) from their headers only; ``get(name)`` reads one tensor through a
-memory-mapped ``safe_open``, so nothing holds a whole model. Pickle checkpoints are refused
-(``probes.io.PickleRefusedError``): safetensors only.
+``model.safetensors.index.json``) from their headers only; ``get(name)`` reads one tensor's bytes
+(a positioned read at its offset in the shard) into a tensor of its own, so nothing holds a whole model:
+no shard stays memory-mapped, so its pages read so far do not count in the process's resident memory
+(with ``safe_open`` they all did, and a tensor changed in place kept a private copy of its pages
+mapped until the end). Pickle checkpoints are refused (``probes.io.PickleRefusedError``): safetensors only.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -48,9 +51,11 @@ class Checkpoint:
         self.files = files
         self._where: dict[str, Path] = {}
         self._meta: dict[str, tuple[tuple[int, ...], str]] = {}
+        self._span: dict[str, tuple[int, int]] = {}
         from safetensors import safe_open
 
         for f in files:
+            self._span |= _data_spans(f)
             with safe_open(f, framework="pt") as h:
                 for name in h.keys():
                     if name in self._where:
@@ -82,13 +87,27 @@ class Checkpoint:
         return n * _ITEMSIZE.get(self.dtype(name), 4)
 
     def get(self, name: str) -> torch.Tensor:
-        """One tensor, read from its memory-mapped shard."""
-        from safetensors import safe_open
-
+        """One tensor, read from its shard into memory it owns: a fresh tensor at every call, which the
+        caller may change in place without changing any other read."""
         f = self._where[name]
-        if f not in self._open:
-            self._open[f] = safe_open(f, framework="pt")
-        return self._open[f].get_tensor(name)
+        shape, dtype = self._meta[name]
+        begin, end = self._span.get(name, (0, -1))
+        if dtype not in _TORCH or end - begin != self.nbytes(name) or sys.byteorder != "little":
+            from safetensors import safe_open
+
+            if f not in self._open:
+                self._open[f] = safe_open(f, framework="pt")
+            return self._open[f].get_tensor(name).clone()
+        data = torch.empty(end - begin, dtype=torch.uint8)
+        view, done = memoryview(data.numpy()), 0
+        with open(f, "rb", buffering=0) as h:
+            h.seek(begin)
+            while done < len(view):
+                n = h.readinto(view[done:])
+                if not n:
+                    raise OSError(f"{f}: ends inside tensor {name} (bytes {begin}..{end}): the shard is truncated")
+                done += n
+        return data.view(_TORCH[dtype]).reshape(shape)
 
     def close(self) -> None:
         self._open.clear()
@@ -138,6 +157,22 @@ def checkpoint_dir(spec: str, revision: str | None = None) -> Path:
                          "download it on a machine with access and pass its directory") from None
 
 
-_ITEMSIZE = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-             "F8_E4M3": 1, "F8_E5M2": 1}
+_ITEMSIZE = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "U16": 2, "U32": 4,
+             "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+_TORCH = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "I64": torch.int64,
+          "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+          "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+"""safetensors dtype → torch dtype for the positioned reads (others go through ``safe_open``)."""
+
+
+def _data_spans(path: Path) -> dict[str, tuple[int, int]]:
+    """Each tensor's byte range in a safetensors file, from its header (an 8-byte little-endian length,
+    then that many bytes of JSON whose ``data_offsets`` count from the header's end)."""
+    with open(path, "rb") as h:
+        n = int.from_bytes(h.read(8), "little")
+        header = json.loads(h.read(n))
+    return {k: (8 + n + v["data_offsets"][0], 8 + n + v["data_offsets"][1])
+            for k, v in header.items() if k != "__metadata__"}
+
+
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

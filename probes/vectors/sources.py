@@ -69,8 +69,8 @@ class Difference:
         a, b = self.a.get(name).float(), self.b.get(name).float()
         if a.shape != b.shape:
             r = min(a.shape[0], b.shape[0])
-            a, b = a[:r], b[:r]
-        return a - b
+            return a[:r] - b[:r]
+        return a.sub_(b)  # a is a fresh tensor (Checkpoint.get): no third buffer
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "a": str(self.a.path), "a_sha256": self.a.sha256, "b": str(self.b.path),

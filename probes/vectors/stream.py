@@ -1,9 +1,10 @@
 """Streaming task arithmetic over checkpoints (``reference/task_vectors.md`` §1, §3, §5).
 
-θ′ = θ_target + Σ_k α_k·(m_k ⊙ v_k), tensor by tensor: each target tensor and the matching slices of
-the vectors are memory-mapped, upcast to float32, combined, cast to the output dtype and appended to
-a shard buffer that is written once it reaches ``shard_bytes``; then everything is freed. Peak memory
-is a few copies of the largest tensor plus one shard buffer, whatever the model size.
+θ′ = θ_target + Σ_k α_k·(m_k ⊙ v_k), tensor by tensor: the vectors' slices and then the target tensor
+are read from their shards, upcast to float32, combined, cast to the output dtype and appended to a
+shard buffer, which is written first whenever the tensor would not fit in ``shard_bytes``; then
+everything is freed. Peak memory is one shard buffer, or two or three copies of the largest tensor
+when it starts a shard, whatever the model size.
 
 Every decision is planned from the headers before any data is read (``plan``): tensors the policy
 keeps, tied heads (a tied target gets no ``lm_head``; an untied target takes tied donors' embedding
@@ -21,6 +22,7 @@ import os
 import re
 import shutil
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,8 @@ SHARD_BYTES = 1 << 30
 class Term:
     """α·(m ⊙ v): a vector source (``Difference``, ``SavedVector``, ``RandomLike``), its α, per-module
     α (regex → α, the first match wins over ``alpha``) and its mask (a regex: only matching tensors
-    take this vector; ``None``: all)."""
+    take this vector; ``None``: all). A source's ``delta(name)`` returns a fresh float32 tensor at each
+    call, which ``merge`` may change in place."""
 
     source: Any
     alpha: float = 1.0
@@ -174,10 +177,16 @@ class ShardWriter:
         self.size, self.shards, self.weight_map = 0, [], {}
         self.total = 0
 
-    def add(self, name: str, tensor: torch.Tensor) -> None:
-        nbytes = tensor.numel() * tensor.element_size()
+    def make_room(self, nbytes: int) -> None:
+        """Write the buffered shard now if ``nbytes`` more would not fit: ``add`` would write it then
+        anyway, and doing it before that tensor is computed keeps the full buffer and the tensor's
+        temporaries out of memory at the same time."""
         if self.buffer and self.size + nbytes > self.limit:
             self._flush()
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        nbytes = tensor.numel() * tensor.element_size()
+        self.make_room(nbytes)
         self.buffer[name] = tensor.contiguous()
         self.size += nbytes
         self.total += nbytes
@@ -251,36 +260,49 @@ def merge(target: str | os.PathLike[str] | Checkpoint, terms: Sequence[Term], ou
     target = target if isinstance(target, Checkpoint) else Checkpoint(target)
     steps, dropped = plan(target, terms, policy)
     records = []
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out) as tmp, ThreadPoolExecutor(1) as pool:
+        # the inputs' sha256 for the manifest, on the other core while the tensors stream
+        described = pool.submit(lambda: (target.sha256, [t.describe() for t in terms]))
         writer = ShardWriter(tmp, shard_bytes)
         for step in tqdm(steps, desc="tensors", disable=not progress):
-            theta = target.get(step.name)
-            out_dtype = TORCH_DTYPES[dtype] if dtype else theta.dtype
             if not step.parts:
-                writer.add(step.name, theta.to(out_dtype))
+                theta = target.get(step.name)
+                writer.add(step.name, theta.to(TORCH_DTYPES[dtype] if dtype else theta.dtype))
                 records.append(TensorRecord(step.name, step.action, step.reason, 0.0, _norm(theta)))
                 continue
-            theta_norm = _norm(theta)
-            new = theta.float()  # theta itself when it is float32: it is not read again below
-            delta = torch.zeros_like(new)
+            shape = target.shape(step.name)
+            writer.make_room(target.nbytes(step.name) if dtype is None else math.prod(shape) * TORCH_DTYPES[dtype].itemsize)
+            delta = None
             for k, src, rows in step.parts:
                 term = terms[k]
                 v = term.source.delta(src)
                 a = term.alpha_for(step.name)
-                if rows is None:
-                    delta.add_(v, alpha=a)
+                if delta is None and rows is None and v.dtype == torch.float32 and v.shape == shape:
+                    # the same sum into zeros, 0 + α·v, written over v: the sources return a fresh
+                    # tensor per call, so no zeroed buffer beside it
+                    delta = torch.add(torch.zeros((), dtype=v.dtype), v, alpha=a, out=v)
                 else:
-                    delta[:rows].add_(v[:rows], alpha=a)
+                    if delta is None:
+                        delta = torch.zeros(shape, dtype=torch.float32)
+                    if rows is None:
+                        delta.add_(v, alpha=a)
+                    else:
+                        delta[:rows].add_(v[:rows], alpha=a)
                 del v
+            # θ is read once the deltas are in: with a donor pair, two tensors of this size at a time
+            theta = target.get(step.name)
+            out_dtype = TORCH_DTYPES[dtype] if dtype else theta.dtype
+            theta_norm = _norm(theta)
+            new = theta.float()  # theta itself when it is float32: it is not read again below
             new.add_(delta)
             writer.add(step.name, new.to(out_dtype))
             records.append(TensorRecord(step.name, step.action, step.reason, _norm(delta), theta_norm))
             del theta, new, delta
         writer.close()
         _copy_target_files(target, tmp, dtype)
-        manifest = Manifest(kind="merged", target={"path": str(target.path), "sha256": target.sha256,
-                                                   "tied": target.tied},
-                            terms=[t.describe() for t in terms], policy=policy.to_json(), dtype=dtype,
+        sha256, described = described.result()
+        manifest = Manifest(kind="merged", target={"path": str(target.path), "sha256": sha256, "tied": target.tied},
+                            terms=described, policy=policy.to_json(), dtype=dtype,
                             tensors=records, dropped=dropped)
         manifest.save(tmp / MANIFEST)
     return manifest
