@@ -1,0 +1,33 @@
+"""Generation engines: the same ``sample`` call through the local shared-prefix sampler or an
+OpenAI-compatible server (vLLM, SGLang, ``transformers serve``); issue #15.
+
+* ``base``: the ``Engine`` protocol and ``EngineError``;
+* ``local``: ``LocalEngine``, the model's own sampler (the only engine that applies interventions);
+* ``remote``: ``OpenAIEngine``, ``/v1/completions`` through the ``openai`` client: raw continuation,
+  one seed per rollout, bounded concurrency, retries with backoff, clear errors.
+
+Names below resolve on first use, so importing this package loads nothing heavy.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_MODULES = {
+    "base": ("Engine", "EngineError"),
+    "local": ("LocalEngine",),
+    "remote": ("OpenAIEngine",),
+}
+_EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"probes.engines.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'probes.engines' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,35 @@
+"""The engine interface (issue #15 item 1): ``sample(prefix, n, …) → list[Rollout]``.
+
+``prefix`` is text or token ids; rollout ``i`` uses seed ``seeds[i]`` (default ``seed + i``), so each
+is reproducible wherever the engine honours seeds; ``interventions`` apply only on the local engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from probes.models.sampling import Rollout
+
+
+class EngineError(RuntimeError):
+    """The engine could not do what was asked; the message says what to fix."""
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str
+
+    def sample(self, prefix: str | Sequence[int], n: int = 1, *, temperature: float = 1.0, top_p: float = 1.0,
+               top_k: int = 0, max_new_tokens: int = 256, stop: str | Sequence[str] | None = None, seed: int = 0,
+               seeds: Sequence[int] | None = None, interventions: Sequence = (), batch_size: int | None = None,
+               progress: bool = False) -> list[Rollout]: ...
+
+
+def seeds_for(n: int, seed: int, seeds: Sequence[int] | None) -> list[int]:
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    out = list(seeds) if seeds is not None else [seed + i for i in range(n)]
+    if len(out) != n:
+        raise ValueError(f"got {len(out)} seeds for n={n} rollouts")
+    return out
