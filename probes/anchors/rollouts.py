@@ -277,7 +277,7 @@ def _row(chunks: Sequence[str], i: int, prompt: str, text: str, gt: str, seed: i
 
 
 def _top_up(model, path: Path, trace: Trace, i: int, *, n: int, forced: bool, seed: int, sample_kw: dict,
-            report: RolloutReport, compat: Compat = "default") -> None:
+            report: RolloutReport, compat: Compat = "default", write_every: int | None = None) -> None:
     try:
         rows = load_solutions(path) or []
     except ValueError as e:
@@ -300,17 +300,24 @@ def _top_up(model, path: Path, trace: Trace, i: int, *, n: int, forced: bool, se
     base = seed + (_FORCED_SEED_OFFSET if forced else 0) + i * SEED_STRIDE + len(rows)
     seeds = [base + k for k in range(need)]
     prompt = trace.prompt + prefix_without_chunk(trace.chunks, i) + (FORCED_ANSWER_SUFFIX if forced else "")
-    try:
-        outs = model.sample(prompt, need, seeds=seeds, **sample_kw)
-        new = [_row(trace.chunks, i, prompt, o.text, trace.gt_answer, s, forced, compat) for o, s in zip(outs, seeds)]
-    except RuntimeError as e:  # out of memory, device errors: recorded like the original's API failures
-        log.warning("sampling chunk %d failed: %s", i, e)
-        report.failed[i] = f"{type(e).__name__}: {e}"
-        new = [{"chunk_removed": trace.chunks[i], "prefix_without_chunk": prefix_without_chunk(trace.chunks, i),
-                "error": f"{type(e).__name__}: {e}", "seed": s} for s in seeds]
-    atomic_write_json(path, rows + new)
-    counts[i] = len(new)
-    complete[i] = done + sum("error" not in r for r in new)
+    step = write_every or need
+    added: list[dict[str, Any]] = []
+    for b in range(0, need, step):  # each block is written before the next is sampled: a killed run keeps it
+        block = seeds[b : b + step]
+        try:
+            outs = model.sample(prompt, len(block), seeds=block, **sample_kw)
+            new = [_row(trace.chunks, i, prompt, o.text, trace.gt_answer, s, forced, compat) for o, s in zip(outs, block)]
+        except RuntimeError as e:  # out of memory, device errors, an engine that gave up: recorded like the original's API failures
+            log.warning("sampling chunk %d failed: %s", i, e)
+            report.failed[i] = f"{type(e).__name__}: {e}"
+            new = [{"chunk_removed": trace.chunks[i], "prefix_without_chunk": prefix_without_chunk(trace.chunks, i),
+                    "error": f"{type(e).__name__}: {e}", "seed": s} for s in seeds[b:]]
+        added += new
+        atomic_write_json(path, rows + added)
+        if i in report.failed:
+            break
+    counts[i] = len(added)
+    complete[i] = done + sum("error" not in r for r in added)
 
 
 def resample_chunks(
@@ -330,14 +337,17 @@ def resample_chunks(
     batch_size: int | None = None,
     progress: bool = True,
     compat: Compat = "default",
+    write_every: int | None = None,
 ) -> RolloutReport:
     """Top every chunk of the trace in ``problem_dir`` up to ``n`` rollouts (and, with
     ``forced``, ``forced_n`` (default ``n``) forced-answer rollouts in ``forced_dir``,
     default the sibling ``…_forced_answer`` folder). ``chunk_indices`` restricts the chunks.
     ``compat`` chooses the splitter of ``chunk_resampled`` (module docstring).
 
-    ``model`` is a ``probes`` Model (anything with ``sample(prefix, n, seeds=, temperature=,
-    top_p=, max_new_tokens=, batch_size=)`` returning objects with ``.text``).
+    ``model`` is a ``probes`` Model or an engine (``probes.engines``: anything with ``sample(prefix, n,
+    seeds=, temperature=, top_p=, max_new_tokens=, batch_size=)`` returning objects with ``.text``).
+    ``write_every``: rollouts sampled and written at a time (default: a chunk's whole top-up), so a
+    killed run loses at most one block and a rerun tops up only the missing rollouts.
     """
     if not 1 <= n < SEED_STRIDE:
         raise ValueError(f"n must be in 1..{SEED_STRIDE - 1}, got {n}")
@@ -355,11 +365,12 @@ def resample_chunks(
     kw = dict(temperature=temperature, top_p=top_p, batch_size=batch_size)
     for i in tqdm(indices, desc=f"rollouts {problem_dir.name}", disable=not progress):
         _top_up(model, problem_dir / f"chunk_{i}" / "solutions.json", trace, i, n=n, forced=False, seed=seed,
-                sample_kw={**kw, "max_new_tokens": max_new_tokens}, report=report, compat=compat)
+                sample_kw={**kw, "max_new_tokens": max_new_tokens}, report=report, compat=compat,
+                write_every=write_every)
         if forced:
             _top_up(model, forced_dir / f"chunk_{i}" / "solutions.json", trace, i, n=forced_n or n, forced=True,
                     seed=seed, sample_kw={**kw, "max_new_tokens": forced_max_new_tokens}, report=report,
-                    compat=compat)
+                    compat=compat, write_every=write_every)
     return report
 
 
