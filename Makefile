@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) install --quiet --upgrade pip
 	# torch first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build on CPU machines
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -c constraints.txt -e ".[notebooks,dev,zoo]"
+	$(PIP) install --quiet -c constraints.txt -e ".[notebooks,dev,zoo,ray]"
 	touch $@
 
 # Static figure export (PNG/SVG/PDF) needs a Chromium; HTML figures work without it.

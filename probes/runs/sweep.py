@@ -99,11 +99,77 @@ def _jsonable_or_none(result: Any, cid: str) -> Any:
     return result
 
 
+def _run_cell(fn: Callable[[dict[str, Any], Path], Any], cell: Mapping[str, Any], cell_dir: Path) -> None:
+    """One cell: clear the remains of a killed attempt, run it, write its `done.json` last."""
+    cell_dir = Path(cell_dir)
+    cid = cell_dir.name
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    if any(cell_dir.iterdir()):
+        logger.info("cell %s: clearing an unfinished attempt", cid)
+        shutil.rmtree(cell_dir)
+        cell_dir.mkdir()
+    start = time.perf_counter()
+    result = fn(dict(cell), cell_dir)
+    atomic_write_json(
+        cell_dir / DONE,
+        {
+            "cell": json.loads(_canonical(cell)),
+            "result": _jsonable_or_none(result, cid),
+            "seconds": round(time.perf_counter() - start, 3),
+            "finished_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        },
+    )
+
+
+def _check_address(address: str | None) -> None:
+    """A cluster address (``host:port`` or ``ray://host:port``) must accept a connection within a few
+    seconds; ``ray.init`` alone keeps retrying for minutes."""
+    import socket
+
+    if not address or address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except (OSError, ValueError) as e:
+        raise ValueError(f"no Ray cluster answers at {address!r} ({type(e).__name__}: {e}): start one with "
+                         "`ray start --head`, or leave the address out for a local Ray runtime") from None
+
+
+def _run_on_ray(todo: list[tuple[Mapping[str, Any], Path]], fn, resources: Mapping[str, float] | None,
+                address: str | None, max_retries: int, desc: str) -> None:
+    """Each cell as a Ray task with ``resources`` (e.g. ``{"num_gpus": 1}``); a task whose worker dies is
+    retried up to ``max_retries`` times (the cell's unfinished directory is cleared first)."""
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("executor='ray' needs Ray: pip install 'probes[ray]'") from None
+    if not ray.is_initialized():
+        _check_address(address)
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise ValueError(f"no Ray cluster answers at {address!r} ({type(e).__name__}: {e}): start one with "
+                             "`ray start --head`, or leave the address out for a local Ray runtime") from None
+    task = ray.remote(max_retries=max_retries, **dict(resources or {"num_cpus": 1}))(_run_cell)
+    pending = [task.remote(fn, dict(cell), str(cell_dir)) for cell, cell_dir in todo]
+    with tqdm(total=len(pending), desc=desc, unit="cell") as bar:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            ray.get(ready)  # a cell that failed for good raises here
+            bar.update(len(ready))
+
+
 def run_sweep(
     run: Run,
     cells: Sequence[Mapping[str, Any]],
     fn: Callable[[dict[str, Any], Path], Any],
     desc: str | None = None,
+    *,
+    executor: str = "local",
+    resources: Mapping[str, float] | None = None,
+    address: str | None = None,
+    max_retries: int = 3,
 ) -> list[Any]:
     """Run `fn(cell, cell_dir)` for each cell not yet done; return every cell's result.
 
@@ -112,32 +178,28 @@ def run_sweep(
     (stored as null when not JSON-serialisable). A cell directory without `done.json` is
     the remains of a killed attempt and is cleared before the cell runs again. Results
     are read back from `done.json`, so a fresh and a resumed sweep return the same list.
+
+    ``executor="ray"`` runs the unfinished cells as Ray tasks (``ray.init()`` locally, or the cluster at
+    ``address``), each with ``resources`` (default one CPU; e.g. ``{"num_gpus": 1}``) and up to
+    ``max_retries`` retries when its worker dies; ``fn`` must be picklable and the run directory on a
+    filesystem every worker sees.
     """
+    if executor not in ("local", "ray"):
+        raise ValueError(f"executor {executor!r}: choose local or ray")
     ids = [cell_id(c) for c in cells]
     duplicates = sorted(i for i, n in Counter(ids).items() if n > 1)
     if duplicates:
         raise ValueError(f"cells share an id ({', '.join(duplicates)}): each cell of a sweep must be distinct")
+    dirs = [run.artifact(Path("cells") / cid) for cid in ids]
+    todo = [(cell, d) for cell, d in zip(cells, dirs, strict=True) if not (d / DONE).exists()]
+    if executor == "ray" and todo:
+        _run_on_ray(todo, fn, resources, address, max_retries, desc or run.path.name)
+    else:
+        for cell, cell_dir in tqdm(todo, desc=desc or run.path.name, unit="cell"):
+            _run_cell(fn, cell, cell_dir)
     results = []
-    for cell, cid in zip(tqdm(cells, desc=desc or run.path.name, unit="cell"), ids, strict=True):
-        cell_dir = run.artifact(Path("cells") / cid)
-        cell_dir.mkdir(exist_ok=True)
+    for cell, cell_dir in zip(cells, dirs, strict=True):
         done = cell_dir / DONE
-        if not done.exists():
-            if any(cell_dir.iterdir()):
-                logger.info("cell %s: clearing an unfinished attempt", cid)
-                shutil.rmtree(cell_dir)
-                cell_dir.mkdir()
-            start = time.perf_counter()
-            result = fn(dict(cell), cell_dir)
-            atomic_write_json(
-                done,
-                {
-                    "cell": json.loads(_canonical(cell)),
-                    "result": _jsonable_or_none(result, cid),
-                    "seconds": round(time.perf_counter() - start, 3),
-                    "finished_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-                },
-            )
         record = json.loads(done.read_text(encoding="utf-8"))
         if record["cell"] != json.loads(_canonical(cell)):
             raise ValueError(
