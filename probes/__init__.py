@@ -6,7 +6,7 @@ names below resolve on first use (PEP 562).
 
 from __future__ import annotations
 
-import importlib
+from probes.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -31,14 +31,4 @@ _EXPORTS = {
     "save_figure": "probes.plots.export",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'probes' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -15,7 +15,7 @@ Names below resolve on first use, so importing this package loads nothing heavy.
 
 from __future__ import annotations
 
-import importlib
+from probes.lazy import lazy_exports
 
 _EXPORTS = {
     "Chunk": "split",
@@ -73,14 +73,4 @@ _EXPORTS = {
     "attention_suppression": "suppression",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"probes.anchors.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'probes.anchors' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

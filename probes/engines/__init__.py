@@ -11,7 +11,7 @@ Names below resolve on first use, so importing this package loads nothing heavy.
 
 from __future__ import annotations
 
-import importlib
+from probes.lazy import lazy_exports
 
 _MODULES = {
     "base": ("Engine", "EngineError"),
@@ -20,14 +20,4 @@ _MODULES = {
 }
 _EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"probes.engines.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'probes.engines' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

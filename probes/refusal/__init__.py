@@ -20,7 +20,7 @@ Names below resolve on first use, so importing this package loads nothing heavy.
 
 from __future__ import annotations
 
-import importlib
+from probes.lazy import lazy_exports
 
 _MODULES = {
     "prompts": ("PUBLIC_SETS", "Loader", "PromptRecord", "PromptSet", "PromptSetUnavailableError", "PublicSet",
@@ -46,14 +46,4 @@ _MODULES = {
 }
 _EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"probes.refusal.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'probes.refusal' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -17,7 +17,7 @@ Names below resolve on first use, so importing this package loads nothing heavy.
 
 from __future__ import annotations
 
-import importlib
+from probes.lazy import lazy_exports
 
 _EXPORTS = {
     "AnswerLetter": "directions",
@@ -106,14 +106,4 @@ _EXPORTS = {
     "hybrid_ablations": "hybrid",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"probes.steering.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'probes.steering' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
