@@ -378,11 +378,7 @@ def add_report_sections(ctx: Context, report, *, heading: str = "Thinking expert
 
     cfg = ctx.cfg
     report.add_heading(heading)
-    issues = audit(ctx)
-    if issues or ctx.notes:
-        report.add_table([{"file": i.path, "problem": i.problem, "what to do": i.action, "changes": i.affects}
-                          for i in issues] + [{"file": "", "problem": n, "what to do": "", "changes": ""} for n in ctx.notes],
-                         caption="Damaged, missing or partial artifacts and notes: the numbers below are computed without them")
+    ctx.add_issues(report)
     if not ctx.done("scores", "npmi"):
         report.add_text("No expert scores yet: run the traces, counts and scores stages.")
         return {}

@@ -501,10 +501,7 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
     )
 
     cfg, summary = ctx.cfg, {}
-    issues = ctx.experiment.audit(ctx)
-    if issues or ctx.notes:
-        report.add_table([{"file": i.path, "problem": i.problem, "what to do": i.action} for i in issues]
-                         + [{"file": "", "problem": n, "what to do": ""} for n in ctx.notes], caption="Issues")
+    ctx.add_issues(report)
     counts = [{"rollouts": name, "n": m.get("n"), "without </think>": m.get("unclosed")}
               for name in ("train_harmful", "train_harmless", "eval_harmful", "eval_attack", "eval_harmless", "ood")
               if (m := _read(ctx, f"done/collect/{name}.json")) is not None]

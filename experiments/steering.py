@@ -418,11 +418,7 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
     cfg = ctx.cfg
     report.add_heading(f"Steering {cfg.behaviour}: {cfg.method}, read at the last prompt token, steered at "
                        f"{cfg.positions} positions")
-    issues = audit(ctx)
-    if issues or ctx.notes:
-        report.add_table([{"file": i.path, "problem": i.problem, "what to do": i.action, "changes": i.affects}
-                          for i in issues] + [{"file": "", "problem": n, "what to do": "", "changes": ""} for n in ctx.notes],
-                         caption="Damaged, missing or partial artifacts and notes: the numbers below are computed without them")
+    ctx.add_issues(report)
     cells = load_cells(ctx)
     if not cells:
         report.add_text("No sweep cells yet: run the collect, directions and sweep stages.")

@@ -280,11 +280,7 @@ def add_report_sections(ctx: Context, report, *, heading: str = "Reasoning task 
 
     cfg = ctx.cfg
     report.add_heading(heading)
-    issues = audit(ctx)
-    if issues or ctx.notes:
-        report.add_table([{"file": i.path, "problem": i.problem, "what to do": i.action} for i in issues]
-                         + [{"file": "", "problem": n, "what to do": ""} for n in ctx.notes],
-                         caption="Damaged or missing artifacts and notes: the numbers below are computed without them")
+    ctx.add_issues(report)
     summary: dict[str, Any] = {}
     if ctx.done("vector", "vector"):
         m = Manifest.load(ctx.run.path / VECTOR)

@@ -441,10 +441,7 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
     report.add_heading("Thought anchors")
     found = [t for t in traces(ctx) if (t.pdir / "anchor_scores.json").is_file()]
     issues = {t.key: trace_issues(ctx, t) for t in traces(ctx)}
-    if any(issues.values()) or ctx.notes:
-        report.add_table([{"file": i.path, "problem": i.problem, "what to do": i.action, "changes": i.affects}
-                          for per in issues.values() for i, _ in per],
-                         caption="Damaged, missing or partial artifacts: the numbers below are computed without them")
+    ctx.add_issues(report, [i for per in issues.values() for i, _ in per])
     missing = [t.key for t in all_traces(ctx) if ctx.done("base", t.key) and t not in traces(ctx)]
     if missing:
         report.add_text(f"No base trace found in {ctx.cfg.base_tries} samples for: {', '.join(missing)}.")

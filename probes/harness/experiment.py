@@ -118,6 +118,17 @@ class Context:
         self.mark(name)
         return result
 
+    def add_issues(self, report, issues: list[Issue] | None = None) -> None:
+        """The audit's damaged, missing or partial artifacts (or ``issues``) and the stages' notes as one
+        table at the top of a report section; nothing when there are none."""
+        issues = self.experiment.audit(self) if issues is None else issues
+        if issues or self.notes:
+            report.add_table([{"file": i.path, "problem": i.problem, "what to do": i.action, "changes": i.affects}
+                              for i in issues] + [{"file": "", "problem": n, "what to do": "", "changes": ""}
+                                                  for n in self.notes],
+                             caption="Damaged, missing or partial artifacts and notes: the numbers below are computed "
+                                     "without them")
+
     def mark(self, stage: str, unit: str | None = None, **record: Any) -> None:
         """Write the completion marker of ``unit`` (or of the stage); call it after the unit's last write."""
         now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
