@@ -276,30 +276,30 @@ def stage_sentences(ctx: Context) -> None:
 
 
 def stage_sweep(ctx: Context) -> None:
-    from tqdm.auto import tqdm
+    """One unit per condition (``--executor ray``: one Ray task each)."""
+    ctx.run_units("sweep", [k for k, _ in conditions(ctx.cfg)], sweep_unit)
 
+
+def sweep_unit(ctx: Context, key: str) -> None:
+    """Condition ``key``: sample the evaluation problems under its intervention, save, mark."""
     from probes.experts import ExpertScores, rice, run_condition
 
-    cfg = ctx.cfg
-    todo = [(k, c) for k, c in conditions(cfg) if not ctx.done("sweep", k)]
-    if not todo:
-        return
-    model = ctx.model
+    cfg, model = ctx.cfg, ctx.model
+    c = dict(conditions(cfg))[key]
     scores = ExpertScores.load(ctx.run.path / SCORES)
+    if c["kind"] == "baseline":
+        pairs: list = []
+    elif c["kind"] == "rice":
+        pairs = scores.top(c["ell"])
+    else:
+        pairs = random_experts(model, cfg, scores.top(c["ell"]), c["ell"], c["draw"])
+    ivs = [rice(model, pairs, c["beta"], renormalize=cfg.renormalize)] if pairs else []
     prompts = [model.render_chat(p.prompt) for p in ctx.inputs.evaluation]
-    golds = [p.gold for p in ctx.inputs.evaluation]
-    for key, c in tqdm(todo, desc="conditions"):
-        if c["kind"] == "baseline":
-            pairs: list = []
-        elif c["kind"] == "rice":
-            pairs = scores.top(c["ell"])
-        else:
-            pairs = random_experts(model, cfg, scores.top(c["ell"]), c["ell"], c["draw"])
-        ivs = [rice(model, pairs, c["beta"], renormalize=cfg.renormalize)] if pairs else []
-        result = run_condition(model, prompts, golds, name=key, interventions=ivs, samples=cfg.samples, seed=cfg.seed,
-                               temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
-        result.save(ctx.run.path / "conditions" / key)
-        ctx.mark("sweep", key, pairs=[list(p) for p in pairs])
+    result = run_condition(model, prompts, [p.gold for p in ctx.inputs.evaluation], name=key, interventions=ivs,
+                           samples=cfg.samples, seed=cfg.seed, temperature=cfg.temperature, top_p=cfg.top_p,
+                           max_new_tokens=cfg.max_new_tokens)
+    result.save(ctx.run.path / "conditions" / key)
+    ctx.mark("sweep", key, pairs=[list(p) for p in pairs])
 
 
 # ----- audit ---------------------------------------------------------------------------------------------

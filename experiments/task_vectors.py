@@ -199,36 +199,38 @@ def _score(ctx: Context, label: str, model, vector=None, alpha: float = 1.0):
 
 
 def stage_evaluate(ctx: Context) -> None:
+    """One unit per condition (``--executor ray``: one Ray task each)."""
+    ctx.run_units("evaluate", [_unit(label) for label in CONDITIONS], evaluate_unit)
+
+
+def evaluate_unit(ctx: Context, unit: str) -> None:
+    """Condition ``unit``: greedy answers of its model (the target with ±v or the random vector added in
+    memory, or a donor), saved and marked."""
     from probes.models.load import load_model
     from probes.vectors import RandomLike
 
     cfg = ctx.cfg
-    out = ctx.run.path / "conditions"
-    for label in CONDITIONS:
-        if ctx.done("evaluate", _unit(label)):
-            continue
-        if label in ("rl", "sft"):
-            donor = load_model(getattr(cfg, label), device=cfg.device, dtype=cfg.dtype)
-            scored = _score(ctx, label, donor)
-            del donor
-        else:
-            v = {"target": None, "target + v": _vector(ctx), "target − v": _vector(ctx),
-                 "target + random": RandomLike(_vector(ctx), cfg.random_seed)}[label]
-            alpha = -cfg.alpha if label == "target − v" else cfg.alpha
-            scored = _score(ctx, label, ctx.model, v, alpha)
-        _save_scored(out / f"{_unit(label)}.json", scored, ctx.inputs.problems)
-        ctx.mark("evaluate", _unit(label), accuracy=float(scored.correct.mean()))
+    label = next(c for c in CONDITIONS if _unit(c) == unit)
+    if label in ("rl", "sft"):
+        scored = _score(ctx, label, load_model(getattr(cfg, label), device=cfg.device, dtype=cfg.dtype))
+    else:
+        v = {"target": None, "target + v": _vector(ctx), "target − v": _vector(ctx),
+             "target + random": RandomLike(_vector(ctx), cfg.random_seed)}[label]
+        scored = _score(ctx, label, ctx.model, v, -cfg.alpha if label == "target − v" else cfg.alpha)
+    _save_scored(ctx.run.path / "conditions" / f"{unit}.json", scored, ctx.inputs.problems)
+    ctx.mark("evaluate", unit, accuracy=float(scored.correct.mean()))
 
 
 def stage_sweep(ctx: Context) -> None:
-    cfg = ctx.cfg
-    for a in cfg.alphas:
-        key = alpha_key(a)
-        if ctx.done("sweep", key):
-            continue
-        scored = _score(ctx, f"α={a:g}", ctx.model, _vector(ctx) if a else None, a)
-        _save_scored(ctx.run.path / "sweep" / f"{key}.json", scored, ctx.inputs.problems)
-        ctx.mark("sweep", key, accuracy=float(scored.correct.mean()))
+    """One unit per α (``--executor ray``: one Ray task each)."""
+    ctx.run_units("sweep", [alpha_key(a) for a in ctx.cfg.alphas], sweep_unit)
+
+
+def sweep_unit(ctx: Context, key: str) -> None:
+    a = next(a for a in ctx.cfg.alphas if alpha_key(a) == key)
+    scored = _score(ctx, f"α={a:g}", ctx.model, _vector(ctx) if a else None, a)
+    _save_scored(ctx.run.path / "sweep" / f"{key}.json", scored, ctx.inputs.problems)
+    ctx.mark("sweep", key, accuracy=float(scored.correct.mean()))
 
 
 def _unit(label: str) -> str:

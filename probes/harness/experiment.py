@@ -61,6 +61,11 @@ class ExperimentConfig(Config):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = session_field("auto", help="model dtype")
     formats: list[Literal["html", "png", "svg", "pdf"]] = session_field(
         default_factory=lambda: ["html", "png", "svg", "pdf"], help="figure formats (static ones need Chromium)")
+    executor: Literal["local", "ray"] = session_field(
+        "local", help="where the units of parallel stages run: local (this process) or ray (Ray tasks, each loading "
+                      "the model itself; a local Ray runtime, or the cluster at --ray-address)")
+    ray_address: str = session_field("", help="Ray cluster address (host:port; empty: a local Ray runtime)")
+    ray_gpus: float = session_field(0.0, help="GPUs each Ray task declares (e.g. 1)")
 
     @classmethod
     def session_fields(cls) -> frozenset[str]:
@@ -117,6 +122,29 @@ class Context:
         result = self.experiment.stage(name).fn(self)
         self.mark(name)
         return result
+
+    def run_units(self, stage: str, keys: Sequence[str], fn: Callable[[Context, str], None]) -> None:
+        """``fn(ctx, key)`` for each unit of ``stage`` not yet done (``fn`` writes its artifacts and marks the
+        unit). With ``--executor ray`` each unit is a Ray task in a worker that rebuilds this context from
+        the run directory and loads the model itself; ``fn`` must be a module-level function."""
+        todo = [k for k in keys if not self.done(stage, k)]
+        if not todo:
+            return
+        if self.cfg.executor == "local":
+            from tqdm.auto import tqdm
+
+            for key in tqdm(todo, desc=stage):
+                fn(self, key)
+            return
+        from probes.runs.sweep import run_on_ray
+
+        record = (self.experiment.name, self.cfg.to_dict(), str(self.run.path))
+        resources = {"num_cpus": 1} | ({"num_gpus": self.cfg.ray_gpus} if self.cfg.ray_gpus else {})
+        run_on_ray(_run_unit, [(fn, record, key) for key in todo], resources=resources,
+                   address=self.cfg.ray_address or None, desc=stage)
+        missing = [k for k in todo if not self.done(stage, k)]
+        if missing:
+            raise HarnessError(f"{stage}: units {missing} finished without their markers")
 
     def add_issues(self, report, issues: list[Issue] | None = None) -> None:
         """The audit's damaged, missing or partial artifacts (or ``issues``) and the stages' notes as one
@@ -240,6 +268,20 @@ class Experiment:
         for issue in issues:
             log.warning("%s", issue.line())
         return summary
+
+
+def _run_unit(fn: Callable[[Context, str], None], record: tuple[str, dict[str, Any], str], key: str) -> None:
+    """A Ray worker's unit: the experiment's context rebuilt from its run directory (config as stored,
+    local executor), then ``fn(ctx, key)``."""
+    import importlib
+
+    name, cfg_dict, path = record
+    experiment = importlib.import_module(fn.__module__).EXPERIMENT
+    if experiment.name != name:
+        raise HarnessError(f"{fn.__module__} holds experiment {experiment.name!r}, not {name!r}")
+    cfg = experiment.config.from_dict({**cfg_dict, "run_dir": path, "executor": "local"})
+    ctx = Context(experiment, cfg, experiment.prepare(cfg), Run.open(path))
+    fn(ctx, key)
 
 
 def _stored_record(path: Path) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from probes.io import atomic_write_json
 from probes.runs.store import Run
 
-__all__ = ["cell_id", "grid", "run_sweep"]
+__all__ = ["cell_id", "grid", "run_on_ray", "run_sweep"]
 
 logger = logging.getLogger(__name__)
 
@@ -136,14 +136,15 @@ def _check_address(address: str | None) -> None:
                          "`ray start --head`, or leave the address out for a local Ray runtime") from None
 
 
-def _run_on_ray(todo: list[tuple[Mapping[str, Any], Path]], fn, resources: Mapping[str, float] | None,
-                address: str | None, max_retries: int, desc: str) -> None:
-    """Each cell as a Ray task with ``resources`` (e.g. ``{"num_gpus": 1}``); a task whose worker dies is
-    retried up to ``max_retries`` times (the cell's unfinished directory is cleared first)."""
+def run_on_ray(fn: Callable[..., Any], calls: Sequence[tuple], *, resources: Mapping[str, float] | None = None,
+               address: str | None = None, max_retries: int = 3, desc: str = "tasks") -> None:
+    """``fn(*args)`` for each ``args`` in ``calls`` as Ray tasks (``ray.init()`` locally, or the cluster at
+    ``address``) with ``resources`` (default one CPU; e.g. ``{"num_gpus": 1}``); a task whose worker dies
+    is retried up to ``max_retries`` times. Raises the first task that fails for good."""
     try:
         import ray
     except ImportError:
-        raise ValueError("executor='ray' needs Ray: pip install 'probes[ray]'") from None
+        raise ValueError("the Ray executor needs Ray: pip install 'probes[ray]'") from None
     if not ray.is_initialized():
         _check_address(address)
         try:
@@ -151,12 +152,12 @@ def _run_on_ray(todo: list[tuple[Mapping[str, Any], Path]], fn, resources: Mappi
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise ValueError(f"no Ray cluster answers at {address!r} ({type(e).__name__}: {e}): start one with "
                              "`ray start --head`, or leave the address out for a local Ray runtime") from None
-    task = ray.remote(max_retries=max_retries, **dict(resources or {"num_cpus": 1}))(_run_cell)
-    pending = [task.remote(fn, dict(cell), str(cell_dir)) for cell, cell_dir in todo]
-    with tqdm(total=len(pending), desc=desc, unit="cell") as bar:
+    task = ray.remote(max_retries=max_retries, **dict(resources or {"num_cpus": 1}))(fn)
+    pending = [task.remote(*args) for args in calls]
+    with tqdm(total=len(pending), desc=desc) as bar:
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
-            ray.get(ready)  # a cell that failed for good raises here
+            ray.get(ready)  # a task that failed for good raises here
             bar.update(len(ready))
 
 
@@ -193,7 +194,8 @@ def run_sweep(
     dirs = [run.artifact(Path("cells") / cid) for cid in ids]
     todo = [(cell, d) for cell, d in zip(cells, dirs, strict=True) if not (d / DONE).exists()]
     if executor == "ray" and todo:
-        _run_on_ray(todo, fn, resources, address, max_retries, desc or run.path.name)
+        run_on_ray(_run_cell, [(fn, dict(cell), str(d)) for cell, d in todo], resources=resources, address=address,
+                   max_retries=max_retries, desc=desc or run.path.name)
     else:
         for cell, cell_dir in tqdm(todo, desc=desc or run.path.name, unit="cell"):
             _run_cell(fn, cell, cell_dir)
