@@ -9,7 +9,8 @@ trajectories and the cliff, thinking truncation, the refusal direction, and the 
 
 Stages: ``collect`` loads the prompt sets (by name: the zoo's offline sets or public ones through
 ``datasets``), splits each into probe-training and evaluation prompts, and rolls the model out on
-them (thinking and answer split at ``</think>``; rollouts that never close are counted and left out);
+them (thinking and answer split at ``</think>``; rollouts that never close are counted and left out;
+``--engine openai --base-url …`` generates them on an OpenAI-compatible server);
 ``probe`` fits the probes — the **reference** probe (A2: the final-norm state at the last token before
 the answer, ``AdamBCE``) and a **thinking** probe (a middle layer, read both as the mean over the
 thinking and at the last token, logistic regression), which reads refusal intent across the thinking of
@@ -42,7 +43,17 @@ from typing import Any, Literal
 
 import numpy as np
 
-from probes.harness import Context, Experiment, ExperimentConfig, Issue, Stage, main, session_field
+from probes.harness import (
+    Context,
+    EngineOptions,
+    Experiment,
+    ExperimentConfig,
+    Issue,
+    Stage,
+    main,
+    make_engine,
+    session_field,
+)
 from probes.io import atomic_write_json
 from probes.plots.report import rounded
 
@@ -59,7 +70,7 @@ ROLLOUTS = "rollouts"
 
 
 @dataclass(frozen=True, kw_only=True)
-class RefusalCliffConfig(ExperimentConfig):
+class RefusalCliffConfig(EngineOptions, ExperimentConfig):
     """Refusal cliff (reference/refusal.md A1–A3, B): probe refusal intent across the model's own
     thinking, locate the cliff, truncate the thinking, find and test the refusal direction."""
 
@@ -99,6 +110,7 @@ class RefusalCliffConfig(ExperimentConfig):
     batch_size: int = session_field(16, help="prompts per forward / generation batch")
 
     def __post_init__(self):
+        self.check_engine()
         if self.n_train < 4 or self.n_eval < 2:
             raise ValueError(f"n_train must be >= 4 and n_eval >= 2 (got {self.n_train}, {self.n_eval})")
         if not 0 <= self.temperature <= 2:
@@ -188,11 +200,14 @@ def stage_collect(ctx: Context) -> None:
     lists = {f"train_{k}": v for k, v in inp.train.items()} | {f"eval_{k}": v for k, v in inp.eval.items()}
     if inp.ood:
         lists["ood"] = inp.ood
+    todo = [name for name in lists if not ctx.done("collect", name)]
+    engine = make_engine(cfg, ctx.model) if todo and cfg.engine != "local" else None
     for i, (name, prompts) in enumerate(lists.items()):
-        if ctx.done("collect", name):
+        if name not in todo:
             continue
         items = rollouts(ctx.model, prompts, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                         system=cfg.system or None, seed=cfg.seed + 1_000_000 * i, batch_size=cfg.batch_size)
+                         system=cfg.system or None, seed=cfg.seed + 1_000_000 * i, batch_size=cfg.batch_size,
+                         engine=engine)
         save_rollouts(_rollouts_path(ctx, name), items)
         ctx.mark("collect", name, n=len(items), unclosed=unclosed(items))
 

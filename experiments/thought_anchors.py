@@ -30,7 +30,17 @@ from tqdm.auto import tqdm
 from probes.anchors.compat import Compat
 from probes.anchors.embed import EmbedderName
 from probes.anchors.receivers import ReceiverSettingsName
-from probes.harness import Context, Experiment, ExperimentConfig, Issue, Stage, main, session_field
+from probes.harness import (
+    Context,
+    EngineOptions,
+    Experiment,
+    ExperimentConfig,
+    Issue,
+    Stage,
+    main,
+    make_engine,
+    session_field,
+)
 from probes.plots.report import rounded
 
 log = logging.getLogger(__name__)
@@ -41,7 +51,7 @@ KL_METRICS = ("counterfactual_importance_kl", "resampling_importance_kl", "force
 
 
 @dataclass(frozen=True, kw_only=True)
-class AnchorsConfig(ExperimentConfig):
+class AnchorsConfig(EngineOptions, ExperimentConfig):
     """Thought-anchors experiment (reference/thought_anchors.md; defaults from §3–§7)."""
 
     model: str = field(default="zoo:reasoner", metadata={"help": "model spec (zoo:NAME, directory or hub name)"})
@@ -69,13 +79,6 @@ class AnchorsConfig(ExperimentConfig):
         "help": "edge cases as this project defines them, or as the released analysis code does"})
     stages: list[StageName] = session_field(default_factory=lambda: list(STAGES), help="stages to run, in order")
     batch_size: int | None = session_field(None, help="rows decoded at once (default: all N); results do not depend on it")
-    engine: Literal["local", "openai"] = session_field(
-        "local", help="where the base traces and rollouts are generated: local (the shared-prefix sampler) or openai "
-                      "(an OpenAI-compatible server at --base-url: vLLM, SGLang, transformers serve); the white-box "
-                      "stages always run locally")
-    base_url: str = session_field("", help="openai engine: the server's …/v1 root, e.g. http://127.0.0.1:8000/v1")
-    served_model: str = session_field("", help="openai engine: the model name at the server (default: --model)")
-    concurrency: int = session_field(8, help="openai engine: requests in flight")
     write_every: int = session_field(16, help="rollouts written to disk at a time (a killed run loses at most these)")
 
     def __post_init__(self):
@@ -85,10 +88,9 @@ class AnchorsConfig(ExperimentConfig):
             raise ValueError("n_rollouts, problems, base_tries and max_new_tokens must be >= 1")
         if not 0 < self.top_p <= 1 or self.temperature <= 0:
             raise ValueError("temperature must be > 0 and top_p in (0, 1]")
-        if self.engine == "openai" and not self.base_url:
-            raise ValueError("--engine openai needs --base-url, the server's …/v1 root (e.g. http://127.0.0.1:8000/v1)")
-        if self.concurrency < 1 or self.write_every < 1:
-            raise ValueError("concurrency and write_every must be >= 1")
+        self.check_engine()
+        if self.write_every < 1:
+            raise ValueError("write_every must be >= 1")
 
 
 # ----- inputs: validated before any model is loaded or directory created ------------------------
@@ -175,26 +177,12 @@ def traces(ctx: Context) -> list[TraceDirs]:
 # ----- stages ------------------------------------------------------------------------------------------
 
 
-def engine_for(ctx: Context):
-    """The engine that generates (``--engine``): the local sampler, or the server at ``--base-url``,
-    checked with one request before any work."""
-    from probes.engines import LocalEngine, OpenAIEngine
-
-    cfg = ctx.cfg
-    if cfg.engine == "local":
-        return LocalEngine(ctx.model)
-    engine = OpenAIEngine(cfg.base_url, cfg.served_model or cfg.model, tokenizer=ctx.model.tokenizer,
-                          concurrency=cfg.concurrency)
-    engine.check()
-    return engine
-
-
 def stage_base(ctx: Context) -> None:
     from probes.anchors.rollouts import sample_base_solution, write_trace
 
     cfg = ctx.cfg
     todo = [t for t in all_traces(ctx) if not ctx.done("base", t.key)]
-    engine = engine_for(ctx) if todo else None
+    engine = make_engine(ctx.cfg, ctx.model) if todo else None
     for t in tqdm(todo, desc="base traces"):
         trace = sample_base_solution(
             engine, t.problem, prompt_for(ctx.model, t.problem["problem"], cfg.prompt_style),
@@ -212,7 +200,7 @@ def stage_rollouts(ctx: Context) -> None:
 
     cfg = ctx.cfg
     todo = traces(ctx)
-    engine = engine_for(ctx) if todo else None
+    engine = make_engine(ctx.cfg, ctx.model) if todo else None
     for t in todo:
         report = resample_chunks(
             engine, t.pdir, n=cfg.n_rollouts, temperature=cfg.temperature, top_p=cfg.top_p,

@@ -6,13 +6,15 @@ Experiment modules (``experiments/*.py``) declare an ``Experiment`` and call ``m
 from probes.harness.cli import main, run_cli
 from probes.harness.experiment import (
     Context,
+    EngineOptions,
     Experiment,
     ExperimentConfig,
     HarnessError,
     Issue,
     Stage,
+    make_engine,
     session_field,
 )
 
-__all__ = ["Context", "Experiment", "ExperimentConfig", "HarnessError", "Issue", "Stage", "main", "run_cli",
-           "session_field"]
+__all__ = ["Context", "EngineOptions", "Experiment", "ExperimentConfig", "HarnessError", "Issue", "Stage",
+           "main", "make_engine", "run_cli", "session_field"]

@@ -72,6 +72,39 @@ class ExperimentConfig(Config):
         return frozenset(f.name for f in cls.fields() if f.metadata.get("session"))
 
 
+@dataclass(frozen=True, kw_only=True)
+class EngineOptions:
+    """Session options of experiments whose plain (un-intervened) generation can run on an engine
+    (``probes.engines``); mixed into their configs."""
+
+    engine: Literal["local", "openai"] = session_field(
+        "local", help="where plain generation runs: local (the shared-prefix sampler) or openai (an OpenAI-compatible "
+                      "server at --base-url: vLLM, SGLang, transformers serve); interventions and white-box stages "
+                      "always run locally")
+    base_url: str = session_field("", help="openai engine: the server's …/v1 root, e.g. http://127.0.0.1:8000/v1")
+    served_model: str = session_field("", help="openai engine: the model name at the server (default: --model)")
+    concurrency: int = session_field(8, help="openai engine: requests in flight")
+
+    def check_engine(self) -> None:
+        if self.engine == "openai" and not self.base_url:
+            raise ValueError("--engine openai needs --base-url, the server's …/v1 root (e.g. http://127.0.0.1:8000/v1)")
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+
+
+def make_engine(cfg, model):
+    """The engine of ``cfg`` (``EngineOptions``): the local sampler over ``model``, or the server at
+    ``--base-url`` (``model`` lends its tokenizer), checked with one request before any work."""
+    from probes.engines import LocalEngine, OpenAIEngine
+
+    if cfg.engine == "local":
+        return LocalEngine(model)
+    engine = OpenAIEngine(cfg.base_url, cfg.served_model or cfg.model, tokenizer=model.tokenizer,
+                          concurrency=cfg.concurrency)
+    engine.check()
+    return engine
+
+
 @dataclass(frozen=True)
 class Issue:
     """A damaged, missing or partial artifact: where, what is wrong, what to do, what it changes."""

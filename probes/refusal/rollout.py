@@ -97,10 +97,13 @@ def rollouts(
     seed: int = 0,
     batch_size: int = 16,
     progress: bool = True,
+    engine=None,
 ) -> list[RefusalRollout]:
     """``samples`` rollouts of each prompt (prompt-major order). Sample j of prompt i uses seed
     ``seed + i * samples + j``; at ``temperature`` 0 the one greedy continuation per prompt is
-    batched (``samples`` must be 1)."""
+    batched (``samples`` must be 1). With ``engine`` (``probes.engines``: e.g. an OpenAI-compatible
+    server), every rollout is generated there, prompt by prompt with those seeds; ``model`` renders the
+    chat template."""
     prompts = list(prompts)
     if not prompts:
         raise ValueError("no prompts: give at least one request")
@@ -117,6 +120,13 @@ def rollouts(
                          "set samples=1 or a temperature > 0")
     texts = [model.render_chat(p, system=system) for p in prompts]
     out: list[RefusalRollout] = []
+    if engine is not None:
+        for i in tqdm(range(len(texts)), desc="rollouts", disable=not progress):
+            got = engine.sample(texts[i], samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                                seeds=[seed + i * samples + j for j in range(samples)])
+            out += [RefusalRollout(prompts[i], texts[i], r.text, str(r.finish_reason), r.seed, i, j)
+                    for j, r in enumerate(got)]
+        return out
     if samples == 1:
         for lo in tqdm(range(0, len(texts), batch_size), desc="rollouts", disable=not progress):
             batch = texts[lo:lo + batch_size]
