@@ -117,6 +117,19 @@ class Checkpoint:
         path = self.path / "config.json"
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
+    @cached_property
+    def vocab(self) -> dict[int, str] | None:
+        """Token id → token string from ``tokenizer.json`` (``None`` without one): ids must mean the same
+        tokens in the target and the donors (§3 "Vocabulary mismatch")."""
+        path = self.path / "tokenizer.json"
+        if not path.is_file():
+            return None
+        tok = json.loads(path.read_text(encoding="utf-8"))
+        vocab = tok.get("model", {}).get("vocab")
+        out = {int(i): t for t, i in vocab.items()} if isinstance(vocab, dict) else {}
+        out |= {int(a["id"]): a["content"] for a in tok.get("added_tokens", [])}
+        return out
+
     @property
     def tied(self) -> bool:
         """Whether the output head is the input embedding (no ``lm_head`` tensor stored, §3 "Tied weights")."""
@@ -134,6 +147,17 @@ class Checkpoint:
 
 HUB_FILES = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.jinja", "tokenizer*", "*.txt", "*.model"]
 """What a hub checkpoint needs locally: weights (safetensors only), config, tokenizer, chat template."""
+
+
+def vocab_mismatch(a: dict[int, str] | None, b: dict[int, str] | None) -> str | None:
+    """The first id (among those both vocabularies have) that maps to different tokens, described; ``None``
+    when they agree or a side has no tokenizer.json to compare."""
+    if a is None or b is None:
+        return None
+    for i in sorted(set(a) & set(b)):
+        if a[i] != b[i]:
+            return f"id {i} is {a[i]!r} in one tokenizer and {b[i]!r} in the other"
+    return None
 
 
 def checkpoint_dir(spec: str, revision: str | None = None) -> Path:

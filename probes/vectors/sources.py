@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from probes.vectors.checkpoint import Checkpoint
+from probes.vectors.checkpoint import Checkpoint, vocab_mismatch
 from probes.vectors.policy import is_vocab_tensor
 
 MANIFEST = "vectors_manifest.json"
@@ -38,6 +38,10 @@ class Difference:
         self.b = b if isinstance(b, Checkpoint) else Checkpoint(b)
         self.common_rows = common_rows
         _check_architectures(self.a, self.b)
+        differ = vocab_mismatch(self.a.vocab, self.b.vocab)
+        if differ:
+            raise ValueError(f"{self.a.path} and {self.b.path} have different tokenizers ({differ}): a task vector "
+                             "needs one id mapping (task_vectors.md §3)")
         only_a, only_b = sorted(set(self.a.names) - set(self.b.names)), sorted(set(self.b.names) - set(self.a.names))
         if only_a or only_b:
             raise ValueError(f"{self.a.path} and {self.b.path} hold different tensors (only in the first: {only_a[:5]}; "
@@ -64,6 +68,10 @@ class Difference:
     @property
     def config(self) -> dict[str, Any]:
         return self.a.config
+
+    @property
+    def vocab(self) -> dict[int, str] | None:
+        return self.a.vocab
 
     def delta(self, name: str) -> torch.Tensor:
         a, b = self.a.get(name).float(), self.b.get(name).float()
@@ -111,6 +119,10 @@ class SavedVector:
     def config(self) -> dict[str, Any]:
         return self.checkpoint.config
 
+    @property
+    def vocab(self) -> dict[int, str] | None:
+        return self.checkpoint.vocab
+
     def delta(self, name: str) -> torch.Tensor:
         return self.checkpoint.get(name).float()
 
@@ -142,6 +154,10 @@ class RandomLike:
     @property
     def config(self) -> dict[str, Any]:
         return self.source.config
+
+    @property
+    def vocab(self) -> dict[int, str] | None:
+        return self.source.vocab
 
     @property
     def excluded(self) -> dict[str, str]:

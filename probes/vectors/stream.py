@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from probes.vectors.checkpoint import INDEX, TORCH_DTYPES, Checkpoint
+from probes.vectors.checkpoint import INDEX, TORCH_DTYPES, Checkpoint, vocab_mismatch
 from probes.vectors.manifest import Manifest, TensorRecord
 from probes.vectors.policy import EMBEDDING, LM_HEAD, Policy, is_vocab_tensor
 from probes.vectors.sources import MANIFEST, Difference
@@ -97,6 +97,10 @@ def plan(target: Checkpoint, terms: Sequence[Term], policy: Policy) -> tuple[lis
         arch, mine = t.source.config.get("architectures"), target.config.get("architectures")
         if arch and mine and arch != mine:
             errors.append(f"architectures differ: the target is {mine}, a vector's donors are {arch}")
+        differ = vocab_mismatch(target.vocab, getattr(t.source, "vocab", None))
+        if differ:
+            errors.append(f"the target's and a vector's donors' tokenizers differ ({differ}): ids must mean the "
+                          "same tokens (§3)")
     steps, dropped = [], []
     for name in target.names:
         why = policy.excluded_by(name)
@@ -332,8 +336,9 @@ def extract(a: str | os.PathLike[str], b: str | os.PathLike[str], out: str | os.
             writer.add(name, v)
             records.append(TensorRecord(name, "extracted", "", _norm(v), _norm(diff.b.get(name))))
         writer.close()
-        if (diff.a.path / "config.json").is_file():
-            shutil.copy2(diff.a.path / "config.json", tmp / "config.json")
+        for name in ("config.json", "tokenizer.json"):  # the architecture and the id mapping, checked when applied
+            if (diff.a.path / name).is_file():
+                shutil.copy2(diff.a.path / name, tmp / name)
         manifest = Manifest(kind="task_vector", target=None, terms=[], policy=policy.to_json(), dtype="float32",
                             tensors=records, dropped=[], source=diff.describe())
         manifest.save(tmp / MANIFEST)
