@@ -7,7 +7,7 @@ first and skip ``unknown``), ``depends_on`` (earlier chunk indices) and a 2–4 
 
 * :class:`RuleLabeler`: offline keyword and pattern rules, the default and the one tests use.
 * :class:`LLMLabeler`: one call per trace to any OpenAI-compatible ``/chat/completions``
-  endpoint (temperature 0, JSON output), standard library only.
+  endpoint (temperature 0, JSON output) through the ``openai`` client.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import json
 import logging
 import os
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -280,10 +278,16 @@ def _normalise_tag(tag: Any) -> str:
 def parse_labels(obj: Any, n_chunks: int) -> list[ChunkLabel]:
     """Validate a labeler's JSON answer into ``n_chunks`` labels.
 
-    Accepts ``{"0": {...}, "1": {...}}`` or ``{"chunks": [{"chunk_idx": 0, ...}, ...]}``. Unknown
-    tags become ``unknown``; ``depends_on`` keeps only earlier indices; a chunk the answer
-    leaves out is labelled ``unknown`` (with a warning).
+    ``obj`` is the decoded answer, or the reply text holding it (the first JSON object is read, so
+    code fences or words around it are skipped). Accepts ``{"0": {...}, "1": {...}}`` or
+    ``{"chunks": [{"chunk_idx": 0, ...}, ...]}``. Unknown tags become ``unknown``; ``depends_on``
+    keeps only earlier indices; a chunk the answer leaves out is labelled ``unknown`` (with a warning).
     """
+    if isinstance(obj, str):
+        try:
+            obj = _first_json_object(obj)
+        except ValueError as e:
+            raise LabelerError(f"the labeler answered without a JSON labeling ({e}): {obj[:300]!r}") from None
     entries: dict[int, Any] = {}
     if isinstance(obj, dict) and isinstance(obj.get("chunks"), list):
         for pos, e in enumerate(obj["chunks"]):
@@ -322,9 +326,10 @@ def _as_int(x: Any, default):
 
 
 class LLMLabeler:
-    """Labels from an OpenAI-compatible chat endpoint: one ``POST {base_url}/chat/completions``
-    per trace, temperature 0, ``response_format`` JSON. ``api_key`` defaults to
-    ``$OPENAI_API_KEY`` when set (a local server needs none)."""
+    """Labels from an OpenAI-compatible chat endpoint: one ``{base_url}/chat/completions`` request per
+    trace through the ``openai`` client, temperature 0, ``response_format`` JSON, no retries (a failure
+    raises :class:`LabelerError` at once). ``api_key`` defaults to ``$OPENAI_API_KEY`` when set (a local
+    server needs none)."""
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 240.0,
                  max_tokens: int | None = None):
@@ -350,30 +355,35 @@ class LLMLabeler:
         return body
 
     def label(self, problem: str, chunks: Sequence[str]) -> list[ChunkLabel]:
-        data = json.dumps(self.request_body(problem, chunks)).encode("utf-8")
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+        from openai import APIConnectionError, APIError, APIStatusError, Omit, OpenAI
+
+        # The client insists on a key: without one, a placeholder whose Authorization header is left out.
+        client = OpenAI(base_url=self.base_url, api_key=self.api_key or "none", timeout=self.timeout, max_retries=0)
+        no_key = None if self.api_key else {"Authorization": Omit()}
         offline = "label offline with probes.anchors.taxonomy.RuleLabeler() instead"
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                raw = resp.read().decode("utf-8")
-        except urllib.error.HTTPError as e:
-            detail = e.read().decode("utf-8", "replace")[:300]
-            raise LabelerError(f"labeler endpoint {self.url} answered HTTP {e.code}: {detail}; "
+            reply = client.chat.completions.create(**self.request_body(problem, chunks), extra_headers=no_key)
+        except APIStatusError as e:
+            detail = e.response.text[:300]
+            raise LabelerError(f"labeler endpoint {self.url} answered HTTP {e.status_code}: {detail}; "
                                f"check the URL, model name and API key, or {offline}") from e
-        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
-            reason = getattr(e, "reason", e)
+        except APIConnectionError as e:  # refused, unreachable, timed out (APITimeoutError)
+            reason = e.__cause__ or e
             raise LabelerError(f"could not reach the labeler endpoint {self.url} ({reason}); {offline}") from e
+        except (APIError, ValueError) as e:  # answered 2xx with a body that is not a chat completion (or not JSON)
+            raise LabelerError(f"labeler endpoint {self.url} answered without a JSON labeling ({e}); {offline}") from e
+        finally:
+            client.close()
+        choices = getattr(reply, "choices", None) or [None]
+        content = getattr(getattr(choices[0], "message", None), "content", None)
+        if not isinstance(content, str):
+            raw = reply.model_dump_json() if hasattr(reply, "model_dump_json") else str(reply)
+            raise LabelerError(f"labeler endpoint {self.url} answered without a JSON labeling (no message content): "
+                               f"{raw[:300]!r}; {offline}")
         try:
-            content = json.loads(raw)["choices"][0]["message"]["content"]
-            return parse_labels(_first_json_object(content), len(chunks))
-        except LabelerError:
-            raise
-        except (KeyError, IndexError, TypeError, ValueError) as e:
-            raise LabelerError(f"labeler endpoint {self.url} answered without a JSON labeling ({e}): "
-                               f"{raw[:300]!r}; {offline}") from e
+            return parse_labels(content, len(chunks))
+        except LabelerError as e:
+            raise LabelerError(f"labeler endpoint {self.url}: {e}; {offline}") from None
 
 
 def _first_json_object(text: str) -> Any:

@@ -6,73 +6,20 @@ the mechanics: the text cut to ``max_chars`` reached the model, the reply equals
 answer through ``generate``, and the judge's rule was applied to that reply, which is kept as ``raw``.
 """
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
-
 import pytest
 import torch
 
 from probes.refusal.judges import EndpointJudge, JudgeEndpointError, arditi_unsafe, refusalcliff_unsafe
+from tests.servers import serve
 
 MAX_NEW_TOKENS = 256  # the organism thinks first; a reply cut inside the thinking is not an answer
-STARTUP_S = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _cli() -> str:
-    beside = Path(sys.executable).with_name("transformers")
-    found = str(beside) if beside.is_file() else shutil.which("transformers")
-    if found is None:
-        pytest.fail("the `transformers` command is missing: install the dev extra (transformers[serving])")
-    return found
 
 
 @pytest.fixture(scope="module")
 def server(shipped, tmp_path_factory):
     """(base_url, model name) of a ``transformers serve`` process, killed when the module ends."""
-    model_dir = str(shipped("refusal-reasoner"))
-    port = _free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    # Offline and without the CLI's PyPI version check; float32 so the replies equal local greedy decoding.
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_UPDATE_CHECK": "1",
-                        "OMP_NUM_THREADS": "1"}
-    cmd = [_cli(), "serve", model_dir, "--device", "cpu", "--dtype", "float32",
-           "--host", "127.0.0.1", "--port", str(port)]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + STARTUP_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"`{' '.join(cmd)}` exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"`{' '.join(cmd)}` not ready after {STARTUP_S} s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}/v1", model_dir
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with serve(shipped("refusal-reasoner"), log=tmp_path_factory.mktemp("serve") / "serve.log") as srv:
+        yield srv.base_url, srv.model
 
 
 def _local_answers(model_dir: str, texts: list[str]) -> list[str]:

@@ -1,10 +1,9 @@
 """Taxonomy (thought_anchors.md §2): the rule labeler on hand-labelled sentences and on the zoo's
-designed traces, and the LLM labeler through a real HTTP round trip to a local server."""
+designed traces; the LLM labeler's request, reply parsing and unreachable endpoint (its round trip to a
+real server is tests/parity/test_labeler_server.py)."""
 
 import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
@@ -100,73 +99,32 @@ def test_parse_labels_validates():
         parse_labels(["not", "an", "object"], 2)
 
 
-class _Server:
-    """A tiny OpenAI-compatible server in a thread that answers every POST with a canned reply."""
-
-    def __init__(self, reply, status=200):
-        self.requests = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.requests.append({"path": self.path, "headers": dict(self.headers), "body": json.loads(body)})
-                data = json.dumps(reply).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def test_llm_labeler_round_trip():
+def test_parse_labels_reads_the_reply_text():
     content = {
         "0": {"function_tags": ["problem_setup"], "depends_on": [], "summary": "restate apples"},
         "1": {"function_tags": ["active_computation", "bogus"], "depends_on": [0], "summary": "compute 3+5=8"},
     }
-    reply = {"choices": [{"message": {"role": "assistant", "content": "```json\n" + json.dumps(content) + "\n```"}}]}
-    chunks = ["Alice has 3 apples and buys 5.", "3 + 5 = 8."]
-    with _Server(reply) as server:
-        labels = LLMLabeler(server.url + "/", "judge-model", api_key="sk-test", timeout=10).label("Alice problem", chunks)
-    assert labels == [
+    expected = [
         ChunkLabel(["problem_setup"], [], "restate apples"),
         ChunkLabel(["active_computation", "unknown"], [0], "compute 3+5=8"),
     ]
-    (req,) = server.requests  # one call per trace
-    assert req["path"] == "/v1/chat/completions"
-    assert req["headers"]["Authorization"] == "Bearer sk-test"
-    body = req["body"]
-    assert body["model"] == "judge-model" and body["temperature"] == 0
-    assert body["response_format"] == {"type": "json_object"}
-    assert body["messages"][0]["content"] == labeling_prompt("Alice problem", chunks)
+    assert parse_labels("```json\n" + json.dumps(content) + "\n```", 2) == expected  # code fences skipped
+    assert parse_labels("Here you go: " + json.dumps(content) + " Done.", 2) == expected
+    with pytest.raises(LabelerError, match="without a JSON labeling .*'I cannot label this.'"):
+        parse_labels("I cannot label this.", 1)
 
 
-def test_llm_labeler_http_error_names_the_url():
-    with _Server({"error": "bad key"}, status=401) as server:
-        with pytest.raises(LabelerError, match=r"HTTP 401.*RuleLabeler") as info:
-            LLMLabeler(server.url, "m", api_key="x", timeout=10).label("p", ["a chunk of text."])
-    assert server.url in str(info.value)
-
-
-def test_llm_labeler_unusable_reply():
-    with _Server({"choices": [{"message": {"content": "I cannot label this."}}]}) as server:
-        with pytest.raises(LabelerError, match="without a JSON labeling"):
-            LLMLabeler(server.url, "m", timeout=10).label("p", ["a chunk of text."])
+def test_llm_labeler_request_body():
+    chunks = ["Alice has 3 apples and buys 5.", "3 + 5 = 8."]
+    labeler = LLMLabeler("http://127.0.0.1:1/v1/", "judge-model", api_key="sk-test", timeout=10)
+    assert labeler.url == "http://127.0.0.1:1/v1/chat/completions"
+    assert labeler.request_body("Alice problem", chunks) == {
+        "model": "judge-model",
+        "messages": [{"role": "user", "content": labeling_prompt("Alice problem", chunks)}],
+        "temperature": 0,
+        "response_format": {"type": "json_object"},
+    }
+    assert LLMLabeler("http://h/v1", "m", max_tokens=64).request_body("p", ["c."])["max_tokens"] == 64
 
 
 def test_llm_labeler_unreachable_endpoint():
