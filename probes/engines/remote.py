@@ -86,9 +86,11 @@ class OpenAIEngine:
             return EngineError(f"{self.base_url} rejected the request ({status}: {detail})")
         return EngineError(f"{self.base_url}: {type(e).__name__}: {e}")
 
-    def check(self) -> None:
-        """One 1-token completion, so a wrong URL, path, model or key fails before any work starts."""
-        self._complete("Hello", seed=0, max_tokens=1, temperature=0.0, top_p=1.0, top_k=0, stop=None)
+    def check(self, temperature: float = 1.0, top_p: float = 1.0) -> None:
+        """One 1-token completion, so a wrong URL, path, model or key fails before any work starts. Give the
+        run's sampling settings: some servers keep the first request's (``transformers serve
+        --continuous-batching``)."""
+        self._complete("Hello", seed=0, max_tokens=1, temperature=temperature, top_p=top_p, top_k=0, stop=None)
 
     # -- sampling --------------------------------------------------------------------------------------
 

@@ -101,7 +101,7 @@ def make_engine(cfg, model):
         return LocalEngine(model)
     engine = OpenAIEngine(cfg.base_url, cfg.served_model or cfg.model, tokenizer=model.tokenizer,
                           concurrency=cfg.concurrency)
-    engine.check()
+    engine.check(temperature=getattr(cfg, "temperature", 1.0), top_p=getattr(cfg, "top_p", 1.0))
     return engine
 
 
