@@ -11,7 +11,8 @@
 Stages: ``vector`` streams v = θ_rl − θ_sft into ``vector/`` (float32 safetensors and its manifest);
 ``merge`` writes the target + α·v checkpoint into ``merged/`` (loadable by ``from_pretrained``,
 servable as is) and checks its logits against the in-memory sum; ``evaluate`` scores the target,
-target ± α·v, target + the norm-matched random vector and the two donors on the same problems
+target ± α·v, target + the norm-matched random vector, the target prompted to think step by step (the
+prompt-only control, §6) and the two donors on the same problems
 (greedy, one unit per condition, so a killed run resumes at the first unfinished one); ``sweep``
 scores target + α·v over the α grid (one unit per α); ``report`` draws everything from the saved
 artifacts. The vector is added in memory for the evaluation (``apply_vector``, restored bit for bit).
@@ -37,7 +38,7 @@ from probes.plots.report import rounded
 StageName = Literal["vector", "merge", "evaluate", "sweep", "report"]
 STAGES: tuple[StageName, ...] = ("vector", "merge", "evaluate", "sweep", "report")
 ZOO_PROBLEMS = "zoo:tv"
-CONDITIONS = ("target", "target + v", "target − v", "target + random", "rl", "sft")
+CONDITIONS = ("target", "target + v", "target − v", "target + random", "target + prompt", "rl", "sft")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,6 +63,8 @@ class VectorsConfig(ExperimentConfig):
         "help": "dtype of the merged checkpoint (auto: the target's)"})
     max_new_tokens: int = field(default=256, metadata={"help": "greedy generation budget per problem"})
     n_boot: int = field(default=10_000, metadata={"help": "bootstrap resamples of every interval"})
+    prompt_suffix: str = field(default="Think step by step.", metadata={
+        "help": "the prompt-only control (§6): the target without a vector, this text appended to each problem"})
     seed: int = field(default=0, metadata={"help": "seed of the bootstrap"})
     stages: list[StageName] = session_field(default_factory=lambda: list(STAGES), help="stages to run, in order")
     batch_size: int = session_field(32, help="problems per generation batch (results do not depend on it)")
@@ -190,11 +193,12 @@ def stage_merge(ctx: Context) -> None:
     ctx.mark("merge", "merged", max_abs_logit_diff=diff)
 
 
-def _score(ctx: Context, label: str, model, vector=None, alpha: float = 1.0):
+def _score(ctx: Context, label: str, model, vector=None, alpha: float = 1.0, suffix: str = ""):
     from probes.vectors import greedy_correct
 
     cfg, problems = ctx.cfg, ctx.inputs.problems
-    return greedy_correct(model, [p.prompt for p in problems], [p.gold for p in problems], vector=vector, alpha=alpha,
+    prompts = [f"{p.prompt} {suffix}" if suffix else p.prompt for p in problems]
+    return greedy_correct(model, prompts, [p.gold for p in problems], vector=vector, alpha=alpha,
                           max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=True, desc=label)
 
 
@@ -205,7 +209,7 @@ def stage_evaluate(ctx: Context) -> None:
 
 def evaluate_unit(ctx: Context, unit: str) -> None:
     """Condition ``unit``: greedy answers of its model (the target with ±v or the random vector added in
-    memory, or a donor), saved and marked."""
+    memory, the target with the prompt-only suffix, or a donor), saved and marked."""
     from probes.models.load import load_model
     from probes.vectors import RandomLike
 
@@ -213,6 +217,8 @@ def evaluate_unit(ctx: Context, unit: str) -> None:
     label = next(c for c in CONDITIONS if _unit(c) == unit)
     if label in ("rl", "sft"):
         scored = _score(ctx, label, load_model(getattr(cfg, label), device=cfg.device, dtype=cfg.dtype))
+    elif label == "target + prompt":
+        scored = _score(ctx, label, ctx.model, suffix=cfg.prompt_suffix)
     else:
         v = {"target": None, "target + v": _vector(ctx), "target − v": _vector(ctx),
              "target + random": RandomLike(_vector(ctx), cfg.random_seed)}[label]
@@ -308,7 +314,8 @@ def add_report_sections(ctx: Context, report, *, heading: str = "Reasoning task 
     rows = compare({k: f for k, (f, _) in flags.items()}, "target", n_boot=cfg.n_boot, seed=cfg.seed)
     report.add_figure(condition_accuracy_figure(rows, baseline="target"), "vectors_conditions",
                       caption=f"Greedy accuracy on {rows[0]['n']} problems with 95% bootstrap intervals; dashed: the "
-                              f"target; ± v at α = {cfg.alpha:g}; random: a per-tensor norm-matched Gaussian vector (§6)")
+                              f"target; ± v at α = {cfg.alpha:g}; random: a per-tensor norm-matched Gaussian vector; "
+                              f"prompt: the target with {cfg.prompt_suffix!r} after each problem (§6)")
     skip = _skip_rates(ctx, flags) if cfg.problems == ZOO_PROBLEMS else {}
     report.add_table([{"condition": r["condition"], "accuracy [95% CI]": _ci(r["lo"], r["hi"], r["value"]),
                        "− target [95% CI]": _ci(r["diff_lo"], r["diff_hi"], r["diff"]) if "diff" in r else "",
