@@ -302,6 +302,7 @@ def _top_up(model, path: Path, trace: Trace, i: int, *, n: int, forced: bool, se
     prompt = trace.prompt + prefix_without_chunk(trace.chunks, i) + (FORCED_ANSWER_SUFFIX if forced else "")
     step = write_every or need
     added: list[dict[str, Any]] = []
+    failed = False
     for b in range(0, need, step):  # each block is written before the next is sampled: a killed run keeps it
         block = seeds[b : b + step]
         try:
@@ -310,11 +311,12 @@ def _top_up(model, path: Path, trace: Trace, i: int, *, n: int, forced: bool, se
         except RuntimeError as e:  # out of memory, device errors, an engine that gave up: recorded like the original's API failures
             log.warning("sampling chunk %d failed: %s", i, e)
             report.failed[i] = f"{type(e).__name__}: {e}"
+            failed = True
             new = [{"chunk_removed": trace.chunks[i], "prefix_without_chunk": prefix_without_chunk(trace.chunks, i),
                     "error": f"{type(e).__name__}: {e}", "seed": s} for s in seeds[b:]]
         added += new
         atomic_write_json(path, rows + added)
-        if i in report.failed:
+        if failed:
             break
     counts[i] = len(added)
     complete[i] = done + sum("error" not in r for r in added)

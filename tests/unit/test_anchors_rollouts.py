@@ -255,3 +255,21 @@ def test_sample_base_solution_picks_by_correctness():
     wrong = sample_base_solution(Fixed(), PROBLEM, prompt, correct=False, tries=3)
     assert wrong.answer == "9" and not wrong.is_correct
     assert sample_base_solution(Fixed(), PROBLEM, prompt, correct=True, tries=2) is None
+
+
+def test_a_failed_plain_top_up_does_not_cut_the_forced_one(tmp_path):
+    """The plain and forced top-ups of a chunk fail or finish on their own: a failed plain block does not
+    stop the forced rollouts after their first block."""
+    pdir, _ = rollout_dirs(tmp_path, 3)
+
+    class PlainFails(Scripted):
+        def sample(self, prefix, n, **kw):
+            self.fail = not prefix.endswith(FORCED_ANSWER_SUFFIX)
+            return super().sample(prefix, n, **kw)
+
+    model = PlainFails(reply)
+    report = run_rollouts(model, PROBLEM, math_prompt(PROBLEM["problem"]), SOLUTION, pdir, n=4, chunk_indices=[0],
+                          write_every=2, progress=False)
+    assert report.failed == {0: "RuntimeError: CUDA out of memory"} and report.forced_complete == {0: 4}
+    forced = json.loads((forced_dir_for(pdir) / "chunk_0" / "solutions.json").read_text())
+    assert len(forced) == 4 and not any("error" in r for r in forced)
