@@ -23,6 +23,7 @@ public set by name (``gsm8k``, ``math-500``; online) or a JSONL file of ``{"prom
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -132,9 +133,15 @@ MERGED = "merged"
 
 
 def _vector(ctx: Context):
+    """The run's saved vector (read once per process: its manifest and shard headers)."""
+    return _saved_vector(str(ctx.run.path / VECTOR))
+
+
+@functools.lru_cache(maxsize=4)
+def _saved_vector(path: str):
     from probes.vectors import SavedVector
 
-    return SavedVector(ctx.run.path / VECTOR)
+    return SavedVector(path)
 
 
 def _save_scored(path: Path, scored, problems) -> None:
@@ -220,8 +227,8 @@ def evaluate_unit(ctx: Context, unit: str) -> None:
     elif label == "target + prompt":
         scored = _score(ctx, label, ctx.model, suffix=cfg.prompt_suffix)
     else:
-        v = {"target": None, "target + v": _vector(ctx), "target − v": _vector(ctx),
-             "target + random": RandomLike(_vector(ctx), cfg.random_seed)}[label]
+        v = None if label == "target" else _vector(ctx)
+        v = RandomLike(v, cfg.random_seed) if label == "target + random" else v
         scored = _score(ctx, label, ctx.model, v, -cfg.alpha if label == "target − v" else cfg.alpha)
     _save_scored(ctx.run.path / "conditions" / f"{unit}.json", scored, ctx.inputs.problems)
     ctx.mark("evaluate", unit, accuracy=float(scored.correct.mean()))

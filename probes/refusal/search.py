@@ -64,7 +64,7 @@ from probes.refusal.direction import (
     _refusal_ids,
     _texts,
     orthogonalize_weights,
-    refusal_score,
+    refusal_scores,
 )
 from probes.refusal.judges import Judge, KeywordJudge
 from probes.refusal.rollout import RefusalRollout
@@ -197,7 +197,7 @@ class ScoredRefusal:
     def __call__(self, model, texts, refusal_ids, *, batch_size: int = 16) -> dict[str, float]:
         if refusal_ids is None:
             raise ValueError("ScoredRefusal needs the refusal token ids (e.g. model.encode('I', add_special_tokens=False))")
-        s = refusal_score(_last_logits(model, list(texts), batch_size), refusal_ids)
+        s = refusal_scores(model, texts, refusal_ids, batch_size=batch_size)
         return {"refusal_rate": float((s > self.threshold).mean()), "mean_score": float(s.mean())}
 
 

@@ -43,7 +43,6 @@ from typing import Any
 import numpy as np
 
 from probes.io import atomic_write_text, load_artifact, read_jsonl, save_artifact
-from probes.models.chat import split_thinking
 from probes.refusal.judges import KeywordJudge
 from probes.refusal.rollout import RefusalRollout
 
@@ -199,7 +198,7 @@ def sft_record(rollout: RefusalRollout, safe_completion: str, *, close: str | No
         raise ValueError(f"safe completion for {rollout.prompt!r} is empty: give the answer the model should learn")
     c = rollout.completion
     start = rollout.answer_start  # raises for a rollout that never closed its thinking
-    t0, t1 = split_thinking(c, opened=True).thinking
+    t0, t1 = rollout.split.thinking
     thinking = c[t0:t1]
     output = thinking + c[t1:start] if close is None else thinking.rstrip("\n") + close
     return {"instruction": rollout.prompt, "input": "", "output": output + safe_completion}

@@ -65,10 +65,11 @@ class Checkpoint:
                     self._meta[name] = (tuple(sl.get_shape()), sl.get_dtype())
         self._open: dict[Path, Any] = {}
 
-    @property
+    @cached_property
     def names(self) -> list[str]:
         """Tensor names, shard by shard in file order, then by name within a shard."""
-        return sorted(self._where, key=lambda n: (self.files.index(self._where[n]), n))
+        order = {f: i for i, f in enumerate(self.files)}
+        return sorted(self._where, key=lambda n: (order[self._where[n]], n))
 
     def __contains__(self, name: str) -> bool:
         return name in self._where

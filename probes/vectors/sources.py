@@ -13,7 +13,6 @@ donors are tied (no stored ``lm_head``).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -91,17 +90,15 @@ class SavedVector:
     kind = "saved"
 
     def __init__(self, path: str | os.PathLike[str]):
+        from probes.vectors.manifest import Manifest
+
         self.path = Path(path)
-        manifest = self.path / MANIFEST
-        if not manifest.is_file():
-            raise FileNotFoundError(f"{self.path} has no {MANIFEST}: a saved vector is a directory written by "
-                                    "`probes vectors extract`")
-        self.manifest = json.loads(manifest.read_text(encoding="utf-8"))
-        if self.manifest.get("kind") != "task_vector":
-            raise ValueError(f"{self.path} holds a {self.manifest.get('kind')!r}, not a task vector: pass the output "
+        self.manifest = Manifest.load(self.path)
+        if self.manifest.kind != "task_vector":
+            raise ValueError(f"{self.path} holds a {self.manifest.kind!r}, not a task vector: pass the output "
                              "of `probes vectors extract`")
         self.checkpoint = Checkpoint(self.path)
-        self.excluded = {t["name"]: t["reason"] for t in self.manifest["tensors"] if t["action"] == "skipped"}
+        self.excluded = {t.name: t.reason for t in self.manifest.tensors if t.action == "skipped"}
         """Tensors of the donors that the extraction's policy left out, and why."""
 
     @property
@@ -113,7 +110,7 @@ class SavedVector:
 
     @property
     def tied(self) -> bool:
-        return bool(self.manifest["source"]["tied"])
+        return bool(self.manifest.source["tied"])
 
     @property
     def config(self) -> dict[str, Any]:
@@ -128,7 +125,7 @@ class SavedVector:
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "path": str(self.path), "sha256": self.checkpoint.sha256, "tied": self.tied,
-                "source": self.manifest["source"]}
+                "source": self.manifest.source}
 
 
 class RandomLike:

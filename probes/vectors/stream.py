@@ -102,6 +102,7 @@ def plan(target: Checkpoint, terms: Sequence[Term], policy: Policy) -> tuple[lis
             errors.append(f"the target's and a vector's donors' tokenizers differ ({differ}): ids must mean the "
                           "same tokens (§3)")
     steps, dropped = [], []
+    names = [set(t.source.names) for t in terms]
     for name in target.names:
         why = policy.excluded_by(name)
         if why:
@@ -116,7 +117,7 @@ def plan(target: Checkpoint, terms: Sequence[Term], policy: Policy) -> tuple[lis
             if name in getattr(t.source, "excluded", {}):
                 notes.append(f"vector {k}: left out when extracted ({t.source.excluded[name]})")
                 continue
-            if name not in t.source.names:
+            if name not in names[k]:
                 if LM_HEAD.search(name) and t.source.tied:
                     if policy.tied == "skip":
                         notes.append(f"vector {k}: donors are tied (tied=skip)")
