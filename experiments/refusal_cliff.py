@@ -201,7 +201,7 @@ def stage_collect(ctx: Context) -> None:
     if inp.ood:
         lists["ood"] = inp.ood
     todo = [name for name in lists if not ctx.done("collect", name)]
-    engine = make_engine(cfg, ctx.model) if todo and cfg.engine != "local" else None
+    engine = make_engine(cfg, ctx.model) if todo else None
     for i, (name, prompts) in enumerate(lists.items()):
         if name not in todo:
             continue

@@ -17,6 +17,11 @@ prompt-only control, §6) and the two donors on the same problems
 scores target + α·v over the α grid (one unit per α); ``report`` draws everything from the saved
 artifacts. The vector is added in memory for the evaluation (``apply_vector``, restored bit for bit).
 
+With ``--engine openai --base-url …`` the evaluate stage also scores the merged checkpoint as a server
+answers for it (``transformers serve runs/task_vectors/<id>/merged``, or vLLM/SGLang on a GPU; the
+served name defaults to that path, else ``--served-model``) and the report counts its agreement with
+the in-memory target + α·v; the other conditions run locally.
+
 Problems: ``zoo:tv`` (the family's held-out problems; the report adds the planted skip rate), a
 public set by name (``gsm8k``, ``math-500``; online) or a JSONL file of ``{"prompt", "gold"}`` records.
 """
@@ -33,17 +38,29 @@ from typing import Any, Literal
 
 import numpy as np
 
-from probes.harness import Context, Experiment, ExperimentConfig, Issue, Stage, main, session_field
+from probes.harness import (
+    Context,
+    EngineOptions,
+    Experiment,
+    ExperimentConfig,
+    Issue,
+    Stage,
+    main,
+    make_engine,
+    session_field,
+)
 from probes.plots.report import rounded
 
 StageName = Literal["vector", "merge", "evaluate", "sweep", "report"]
 STAGES: tuple[StageName, ...] = ("vector", "merge", "evaluate", "sweep", "report")
 ZOO_PROBLEMS = "zoo:tv"
 CONDITIONS = ("target", "target + v", "target − v", "target + random", "target + prompt", "rl", "sft")
+SERVED = "merged (served)"
+"""With ``--engine openai``: the merged checkpoint answering from the server at ``--base-url`` (§5)."""
 
 
 @dataclass(frozen=True, kw_only=True)
-class VectorsConfig(ExperimentConfig):
+class VectorsConfig(EngineOptions, ExperimentConfig):
     """Task-vector transfer (reference/task_vectors.md §1, §6): v = θ_rl − θ_sft on the target model."""
 
     model: str = field(default="zoo:tv-instruct", metadata={"help": "the target model (zoo:NAME, directory or hub name)"})
@@ -80,6 +97,7 @@ class VectorsConfig(ExperimentConfig):
             raise ValueError("n_problems, max_new_tokens, batch_size and n_boot must be >= 1")
         if len({self.model, self.rl, self.sft}) < 3:
             raise ValueError("the target, the RL donor and the SFT donor must be three different checkpoints")
+        self.check_engine()
 
 
 @dataclass(frozen=True)
@@ -200,18 +218,21 @@ def stage_merge(ctx: Context) -> None:
     ctx.mark("merge", "merged", max_abs_logit_diff=diff)
 
 
-def _score(ctx: Context, label: str, model, vector=None, alpha: float = 1.0, suffix: str = ""):
+def _score(ctx: Context, label: str, model, vector=None, alpha: float = 1.0, suffix: str = "", engine=None):
     from probes.vectors import greedy_correct
 
     cfg, problems = ctx.cfg, ctx.inputs.problems
     prompts = [f"{p.prompt} {suffix}" if suffix else p.prompt for p in problems]
     return greedy_correct(model, prompts, [p.gold for p in problems], vector=vector, alpha=alpha,
-                          max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=True, desc=label)
+                          max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=True, desc=label,
+                          engine=engine)
 
 
 def stage_evaluate(ctx: Context) -> None:
-    """One unit per condition (``--executor ray``: one Ray task each)."""
-    ctx.run_units("evaluate", [_unit(label) for label in CONDITIONS], evaluate_unit)
+    """One unit per condition (``--executor ray``: one Ray task each); with ``--engine openai`` also the
+    merged checkpoint as served at ``--base-url``."""
+    served = (SERVED,) if ctx.cfg.engine == "openai" else ()
+    ctx.run_units("evaluate", [_unit(label) for label in CONDITIONS + served], evaluate_unit)
 
 
 def evaluate_unit(ctx: Context, unit: str) -> None:
@@ -221,8 +242,14 @@ def evaluate_unit(ctx: Context, unit: str) -> None:
     from probes.vectors import RandomLike
 
     cfg = ctx.cfg
-    label = next(c for c in CONDITIONS if _unit(c) == unit)
-    if label in ("rl", "sft"):
+    label = next(c for c in CONDITIONS + (SERVED,) if _unit(c) == unit)
+    if label == SERVED:
+        if not ctx.done("merge", "merged"):
+            raise ValueError("the merged checkpoint is not written yet: run --stages merge, serve "
+                             f"{ctx.run.path / MERGED}, then --stages evaluate --engine openai --base-url …")
+        engine = make_engine(cfg, ctx.model, served=str(ctx.run.path / MERGED), temperature=0.0)
+        scored = _score(ctx, label, ctx.model, engine=engine)
+    elif label in ("rl", "sft"):
         scored = _score(ctx, label, load_model(getattr(cfg, label), device=cfg.device, dtype=cfg.dtype))
     elif label == "target + prompt":
         scored = _score(ctx, label, ctx.model, suffix=cfg.prompt_suffix)
@@ -247,7 +274,7 @@ def sweep_unit(ctx: Context, key: str) -> None:
 
 
 def _unit(label: str) -> str:
-    return label.replace(" + ", "_plus_").replace(" − ", "_minus_")
+    return label.replace(" + ", "_plus_").replace(" − ", "_minus_").replace(" (served)", "_served")
 
 
 # ----- audit ---------------------------------------------------------------------------------------------
@@ -255,7 +282,7 @@ def _unit(label: str) -> str:
 
 def audit(ctx: Context) -> list[Issue]:
     out = []
-    for label in CONDITIONS:
+    for label in CONDITIONS + (SERVED,):
         path = ctx.run.path / "conditions" / f"{_unit(label)}.json"
         if ctx.done("evaluate", _unit(label)):
             try:
@@ -275,7 +302,7 @@ def _ci(lo: float, hi: float, v: float, digits: int = 3) -> str:
 
 
 def load_conditions(ctx: Context) -> dict[str, tuple[np.ndarray, list[str]]]:
-    return {label: _load_flags(ctx.run.path / "conditions" / f"{_unit(label)}.json") for label in CONDITIONS
+    return {label: _load_flags(ctx.run.path / "conditions" / f"{_unit(label)}.json") for label in CONDITIONS + (SERVED,)
             if ctx.done("evaluate", _unit(label))}
 
 
@@ -329,6 +356,11 @@ def add_report_sections(ctx: Context, report, *, heading: str = "Reasoning task 
                        **({"planted skip rate": rounded(skip[r["condition"]])} if skip else {})} for r in rows],
                      caption="Every condition on the same problems; differences paired by problem")
     summary["conditions"] = {r["condition"]: {k: rounded(v, 4) for k, v in r.items() if k != "condition"} for r in rows}
+    if SERVED in flags and "target + v" in flags:
+        same = sum(a == b for a, b in zip(flags[SERVED][1], flags["target + v"][1]))
+        report.add_text(f"The merged checkpoint served through an OpenAI-compatible server gives the same greedy answer "
+                        f"as target + {cfg.alpha:g}·v added in memory on {same} of {len(flags[SERVED][1])} problems.")
+        summary["served_agreement"] = rounded(same / len(flags[SERVED][1]), 4)
     if skip:
         summary["skip_rate"] = {k: rounded(v, 4) for k, v in skip.items()}
     done = [a for a in cfg.alphas if ctx.done("sweep", alpha_key(a))]

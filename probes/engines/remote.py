@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from probes.engines.base import EngineError, seeds_for
+from probes.engines.base import prefixes as _prefixes
 from probes.models.sampling import FinishReason, Rollout
 
 RETRYABLE = (408, 409, 429)
@@ -154,6 +155,11 @@ class OpenAIEngine:
                   else FinishReason.STOP if isinstance(stop_reason, str) else FinishReason.EOS)
         return Rollout(choice.text, [int(i) for i in ids], finish, seed)
 
+    def _refuse(self, interventions: Sequence) -> None:
+        if interventions:
+            raise EngineError(f"{self} cannot apply interventions ({', '.join(type(i).__name__ for i in interventions)}): "
+                              "a remote server runs the unmodified model; use the local engine for interventions")
+
     def sample(self, prefix: str | Sequence[int], n: int = 1, *, temperature: float = 1.0, top_p: float = 1.0,
                top_k: int = 0, max_new_tokens: int = 256, stop: str | Sequence[str] | None = None, seed: int = 0,
                seeds: Sequence[int] | None = None, interventions: Sequence = (), batch_size: int | None = None,
@@ -162,9 +168,7 @@ class OpenAIEngine:
         (the server batches), ``concurrency`` bounds the requests in flight."""
         from tqdm.auto import tqdm
 
-        if interventions:
-            raise EngineError(f"{self} cannot apply interventions ({', '.join(type(i).__name__ for i in interventions)}): "
-                              "a remote server runs the unmodified model; use the local engine for interventions")
+        self._refuse(interventions)
         seeds = seeds_for(n, seed, seeds)
         stop_list = [stop] if isinstance(stop, str) else (list(stop) if stop else None)
         kw = dict(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, stop=stop_list)
@@ -177,6 +181,22 @@ class OpenAIEngine:
             futures = [pool.submit(self._complete, prefix, seed=s, **kw) for s in seeds_left]
             rest = [f.result() for f in tqdm(futures, disable=not progress, desc="rollouts")]
         return first + rest
+
+    def generate(self, prefixes: Sequence[str | Sequence[int]], *, temperature: float = 0.0, top_p: float = 1.0,
+                 top_k: int = 0, max_new_tokens: int = 256, stop: str | Sequence[str] | None = None, seed: int = 0,
+                 interventions: Sequence = (), batch_size: int = 16, progress: bool = False) -> list[Rollout]:
+        """One continuation of each prefix (prefix ``i`` with seed ``seed + i``), up to ``concurrency``
+        requests in flight; ``batch_size`` is unused (the server batches)."""
+        from tqdm.auto import tqdm
+
+        items = _prefixes(prefixes)
+        self._refuse(interventions)
+        stop_list = [stop] if isinstance(stop, str) else (list(stop) if stop else None)
+        kw = dict(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, stop=stop_list)
+        first = [self._complete(items[0], seed=seed, **kw)]  # learns once which optional fields the server takes
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            futures = [pool.submit(self._complete, p, seed=seed + i, **kw) for i, p in enumerate(items[1:], 1)]
+            return first + [f.result() for f in tqdm(futures, disable=not progress, desc="generate")]
 
 
 def _detail(e) -> str:

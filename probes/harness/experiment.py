@@ -92,16 +92,18 @@ class EngineOptions:
             raise ValueError("concurrency must be >= 1")
 
 
-def make_engine(cfg, model):
+def make_engine(cfg, model, *, served: str = "", temperature: float | None = None):
     """The engine of ``cfg`` (``EngineOptions``): the local sampler over ``model``, or the server at
-    ``--base-url`` (``model`` lends its tokenizer), checked with one request before any work."""
+    ``--base-url`` serving ``--served-model`` (default ``served``, else ``--model``; ``model`` lends its
+    tokenizer), checked with one request at the run's sampling settings before any work."""
     from probes.engines import LocalEngine, OpenAIEngine
 
     if cfg.engine == "local":
         return LocalEngine(model)
-    engine = OpenAIEngine(cfg.base_url, cfg.served_model or cfg.model, tokenizer=model.tokenizer,
+    engine = OpenAIEngine(cfg.base_url, cfg.served_model or served or cfg.model, tokenizer=model.tokenizer,
                           concurrency=cfg.concurrency)
-    engine.check(temperature=getattr(cfg, "temperature", 1.0), top_p=getattr(cfg, "top_p", 1.0))
+    t = getattr(cfg, "temperature", 1.0) if temperature is None else temperature
+    engine.check(temperature=t, top_p=getattr(cfg, "top_p", 1.0))
     return engine
 
 

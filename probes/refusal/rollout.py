@@ -101,8 +101,8 @@ def rollouts(
 ) -> list[RefusalRollout]:
     """``samples`` rollouts of each prompt (prompt-major order). Sample j of prompt i uses seed
     ``seed + i * samples + j``; at ``temperature`` 0 the one greedy continuation per prompt is
-    batched (``samples`` must be 1). With ``engine`` (``probes.engines``: e.g. an OpenAI-compatible
-    server), every rollout is generated there, prompt by prompt with those seeds; ``model`` renders the
+    batched (``samples`` must be 1). Generation runs on ``engine`` (``probes.engines``; default the local
+    sampler over ``model``, or e.g. an OpenAI-compatible server) with those seeds; ``model`` renders the
     chat template."""
     prompts = list(prompts)
     if not prompts:
@@ -119,25 +119,19 @@ def rollouts(
         raise ValueError(f"greedy decoding (temperature 0) gives one rollout per prompt, not {samples}: "
                          "set samples=1 or a temperature > 0")
     texts = [model.render_chat(p, system=system) for p in prompts]
-    out: list[RefusalRollout] = []
-    if engine is not None:
-        for i in tqdm(range(len(texts)), desc="rollouts", disable=not progress):
-            got = engine.sample(texts[i], samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                                seeds=[seed + i * samples + j for j in range(samples)])
-            out += [RefusalRollout(prompts[i], texts[i], r.text, str(r.finish_reason), r.seed, i, j)
-                    for j, r in enumerate(got)]
-        return out
+    if engine is None:
+        from probes.engines import LocalEngine
+
+        engine = LocalEngine(model)
     if samples == 1:
-        for lo in tqdm(range(0, len(texts), batch_size), desc="rollouts", disable=not progress):
-            batch = texts[lo:lo + batch_size]
-            got = model.generate(batch, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                 seed=seed + lo)
-            out += [RefusalRollout(prompts[lo + k], batch[k], r.text, str(r.finish_reason), r.seed, lo + k, 0)
-                    for k, r in enumerate(got)]
-        return out
+        got = engine.generate(texts, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
+                              batch_size=batch_size, progress=progress)
+        return [RefusalRollout(prompts[i], texts[i], r.text, str(r.finish_reason), r.seed, i, 0)
+                for i, r in enumerate(got)]
+    out: list[RefusalRollout] = []
     for i in tqdm(range(len(texts)), desc="rollouts", disable=not progress):
-        got = model.sample(texts[i], samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                           seed=seed + i * samples, batch_size=batch_size)
+        got = engine.sample(texts[i], samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                            seeds=[seed + i * samples + j for j in range(samples)], batch_size=batch_size)
         out += [RefusalRollout(prompts[i], texts[i], r.text, str(r.finish_reason), r.seed, i, j)
                 for j, r in enumerate(got)]
     return out

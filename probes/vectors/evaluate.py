@@ -32,18 +32,26 @@ class Scored:
 
 def greedy_correct(model, prompts: Sequence[str], golds: Sequence[str], *, vector=None, alpha: float = 1.0,
                    max_new_tokens: int = 256, batch_size: int = 16, check: Check = boxed_correct,
-                   progress: bool = False, desc: str = "problems") -> Scored:
+                   progress: bool = False, desc: str = "problems", engine=None) -> Scored:
     """Greedy answers to the chat-rendered ``prompts`` (thinking on) and their correctness; with
-    ``vector`` (a ``{name: tensor}`` dict or a vector source), of ``model`` + ``alpha``·v."""
+    ``vector`` (a ``{name: tensor}`` dict or a vector source), of ``model`` + ``alpha``·v. ``engine``
+    (``probes.engines``, default the local sampler over ``model``) generates: a server (e.g. serving a
+    merged checkpoint, §5) answers for its own weights, so it takes no ``vector``."""
     from tqdm.auto import tqdm
+
+    from probes.engines import LocalEngine
 
     if len(prompts) != len(golds) or not prompts:
         raise ValueError(f"give one gold answer per prompt (got {len(prompts)} prompts and {len(golds)} answers)")
+    engine = engine or LocalEngine(model)
+    if vector is not None and engine.name != "local":
+        raise ValueError(f"{engine} serves fixed weights: add the vector in memory on the local engine, or serve "
+                         "the merged checkpoint (probes vectors apply) and evaluate it without a vector")
     outs: list[str] = []
     with apply_vector(model, vector, alpha) if vector is not None else contextlib.nullcontext():
         for b in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc=desc):
             chats = [model.render_chat(p) for p in prompts[b : b + batch_size]]
-            outs += [r.text for r in model.generate(chats, max_new_tokens=max_new_tokens)]
+            outs += [r.text for r in engine.generate(chats, max_new_tokens=max_new_tokens, batch_size=batch_size)]
     return Scored(outs, np.array([check(o, g) for o, g in zip(outs, golds)], dtype=bool))
 
 

@@ -71,3 +71,27 @@ def test_bad_input_fails_before_work(tmp_path):
         prepare(VectorsConfig(model="zoo:moe-reasoner", n_problems=2))
     with pytest.raises(ValueError, match="no such file, and not a public set"):
         prepare(VectorsConfig(problems=str(tmp_path / "none.jsonl")))
+
+
+def test_merged_checkpoint_served_answers_as_loaded(run, tmp_path):
+    """Issue #15 item 2: ``--engine openai`` scores the merged checkpoint through a real ``transformers
+    serve`` of ``merged/``; its greedy answers equal the same checkpoint's local greedy answers (both
+    float32), and the other conditions are not recomputed."""
+    from probes.models.load import load_model
+    from probes.vectors import greedy_correct
+    from tests.servers import serve
+
+    p = run.run.path
+    before = {f.name: f.stat().st_mtime_ns for f in (p / "conditions").glob("*.json")}
+    with serve(p / "merged", log=tmp_path / "serve.log") as server:
+        EXPERIMENT.run(VectorsConfig(run_dir=str(p), stages=["evaluate", "report"], engine="openai",
+                                     base_url=server.base_url, concurrency=2))
+    served = json.loads((p / "conditions" / "merged_served.json").read_text())
+    assert {f.name: f.stat().st_mtime_ns for f in (p / "conditions").glob("*.json") if f.name in before} == before
+    problems = run.inputs.problems[:12]
+    local = greedy_correct(load_model(str(p / "merged"), device="cpu", dtype="float32"), [q.prompt for q in problems],
+                           [q.gold for q in problems], max_new_tokens=VectorsConfig().max_new_tokens)
+    assert served["outputs"][:12] == local.outputs
+    s = json.loads((p / "summary.json").read_text())
+    assert "merged (served)" in s["conditions"] and 0 <= s["served_agreement"] <= 1
+    assert "served through an OpenAI-compatible server" in (p / "report.html").read_text()

@@ -164,3 +164,20 @@ def test_shared_prefix_attention_equals_full_attention():
     want = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.3).transpose(1, 2)
     got, _ = shared_prefix_attention(q, kp, vp, ks, vs, scaling=0.3)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_local_engine_generate_is_one_greedy_continuation_per_prefix(qwen):
+    """``LocalEngine.generate`` (issue #15): prefix i continues with seed ``seed + i`` whatever the batch
+    size; greedy rows equal ``Model.generate``; bad prefixes fail before any work."""
+    from probes.engines import LocalEngine
+
+    engine = LocalEngine(qwen)
+    prefixes = [PROMPT, PROMPT + "Bob", qwen.encode(PROMPT + "Carol")]
+    whole = engine.generate(prefixes, max_new_tokens=8, batch_size=3)
+    assert [r.token_ids for r in engine.generate(prefixes, max_new_tokens=8, batch_size=1)] == [r.token_ids for r in whole]
+    assert [r.text for r in whole] == [r.text for r in qwen.generate(prefixes, max_new_tokens=8)]
+    hot = engine.generate(prefixes, temperature=1.0, max_new_tokens=4, seed=5, batch_size=2)
+    assert [r.seed for r in hot] == [5, 6, 7]
+    for bad, match in (([], "no prefixes"), (PROMPT, "a list of prefixes"), ([PROMPT, ""], r"prefixes \[1\]")):
+        with pytest.raises(ValueError, match=match):
+            engine.generate(bad)

@@ -104,3 +104,13 @@ def test_random_control_is_norm_matched_per_tensor_and_seeded():
     assert torch.equal(random_like({"norm": v["norm"]}, seed=3)["norm"], r["norm"])  # independent of the other tensors
     assert all(torch.equal(a, b) for a, b in zip(random_like(v, seed=3).values(), r.values()))
     assert not torch.equal(random_like(v, seed=4)["embed.weight"], r["embed.weight"])
+
+
+def test_a_served_model_takes_no_in_memory_vector():
+    """A server answers for its own weights (issue #15): asking it to add v in memory is refused before any request."""
+    from probes.engines import OpenAIEngine
+    from probes.vectors import greedy_correct
+
+    engine = OpenAIEngine("http://127.0.0.1:9/v1", "merged")
+    with pytest.raises(ValueError, match="serves fixed weights.*serve the merged checkpoint"):
+        greedy_correct(None, ["2+2?"], ["4"], vector={"w": torch.zeros(1)}, engine=engine)
