@@ -315,35 +315,46 @@ def stage_truncation(ctx: Context) -> None:
 
 def stage_heads(ctx: Context) -> None:
     """A4: direct head attributions onto the reference probe over the attack rollouts, then the top heads
-    ablated against random heads at each budget (one unit per budget; the baseline is shared)."""
-    from probes.refusal.heads import AblationResult, HeadScores, ablate_heads, head_scores
+    ablated against random heads at each budget: one unit per budget, the first also rolling out the
+    shared baseline, the others (``--executor ray``: Ray tasks) reusing it."""
+    from probes.refusal.heads import HeadScores, head_scores
     from probes.refusal.probe import Probe
 
-    cfg, model = ctx.cfg, ctx.model
-    probe = Probe.load(ctx.run.path / "probe" / "reference")
-    path = ctx.run.path / "heads"
+    cfg = ctx.cfg
     if not ctx.done("heads", "scores"):
         items = [r for r in _load(ctx, "eval_attack") if r.closed]
-        head_scores(model, probe, items, batch_size=cfg.batch_size, progress=True).save(path / "scores")
+        probe = Probe.load(ctx.run.path / "probe" / "reference")
+        head_scores(ctx.model, probe, items, batch_size=cfg.batch_size, progress=True).save(ctx.run.path / "heads" / "scores")
         ctx.mark("heads", "scores")
-    scores = HeadScores.load(path / "scores")
-    bad = [k for k in cfg.head_counts if k > scores.scores.size]
+    n = HeadScores.load(ctx.run.path / "heads" / "scores").scores.size
+    bad = [k for k in cfg.head_counts if k > n]
     if bad:
-        raise ValueError(f"head_counts {bad} exceed the {scores.scores.size} heads of {cfg.model}: lower them")
-    prompts = ctx.inputs.eval["attack"]
-    baseline = None
-    for k in cfg.head_counts:
-        unit = f"ablation_k{k}"
-        if ctx.done("heads", unit):
-            baseline = baseline or AblationResult.load(path / unit).baseline
-            continue
-        result = ablate_heads(model, probe, scores, prompts, judge_for(cfg), k=k, draws=cfg.head_draws,
-                              seed=cfg.seed, samples=cfg.head_samples, temperature=cfg.temperature,
-                              max_new_tokens=cfg.max_new_tokens, baseline=baseline, batch_size=cfg.batch_size)
-        result.save(path / unit)
-        atomic_write_json(path / f"{unit}.summary.json", result.summary(seed=cfg.seed))
-        baseline = result.baseline
-        ctx.mark("heads", unit)
+        raise ValueError(f"head_counts {bad} exceed the {n} heads of {cfg.model}: lower them")
+    units = [_ablation_unit(k) for k in cfg.head_counts]
+    ctx.run_units("heads", units[:1], ablation_unit)
+    ctx.run_units("heads", units[1:], ablation_unit)
+
+
+def _ablation_unit(k: int) -> str:
+    return f"ablation_k{k}"
+
+
+def ablation_unit(ctx: Context, unit: str) -> None:
+    """Budget ``unit``: the top k heads and the random draws ablated (the baseline is the first budget's)."""
+    from probes.refusal.heads import AblationResult, HeadScores, ablate_heads
+    from probes.refusal.probe import Probe
+
+    cfg, path = ctx.cfg, ctx.run.path / "heads"
+    k = next(k for k in cfg.head_counts if _ablation_unit(k) == unit)
+    first = _ablation_unit(cfg.head_counts[0])
+    baseline = AblationResult.load(path / first).baseline if unit != first else None
+    result = ablate_heads(ctx.model, Probe.load(ctx.run.path / "probe" / "reference"), HeadScores.load(path / "scores"),
+                          ctx.inputs.eval["attack"], judge_for(cfg), k=k, draws=cfg.head_draws, seed=cfg.seed,
+                          samples=cfg.head_samples, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                          baseline=baseline, batch_size=cfg.batch_size)
+    result.save(path / unit)
+    atomic_write_json(path / f"{unit}.summary.json", result.summary(seed=cfg.seed))
+    ctx.mark("heads", unit)
 
 
 def refusal_ids(model) -> list[int]:

@@ -279,30 +279,29 @@ def stage_directions(ctx: Context) -> None:
 
 
 def stage_sweep(ctx: Context) -> None:
-    from tqdm.auto import tqdm
+    """One unit per (layer, α) cell (``--executor ray``: one Ray task each)."""
+    cfg = ctx.cfg
+    ctx.run_units("sweep", [cell_key(L, a) for L in cfg.layers for a in cfg.alphas], sweep_unit)
 
+
+def sweep_unit(ctx: Context, key: str) -> None:
+    """Cell ``key``: the dev metric, the KL guard and ‖α·v‖ relative to the mean residual norm on the
+    neutral prompts at its layer (§5.4), saved and marked."""
     from probes.steering import SteeringCell, SteeringVector, evaluate_cell, residual_norm
 
-    cfg = ctx.cfg
-    todo = [(L, a) for L in cfg.layers for a in cfg.alphas if not ctx.done("sweep", cell_key(L, a))]
-    if not todo:
-        return
-    data, model = _data(ctx), ctx.model
+    cfg, model = ctx.cfg, ctx.model
+    L, a = next((L, a) for L in cfg.layers for a in cfg.alphas if cell_key(L, a) == key)
+    model.check_layer(L, "--layers")
+    data = _data(ctx)
     vector = SteeringVector.load(ctx.run.path / VECTOR)
-    for L in cfg.layers:
-        model.check_layer(L, "--layers")
-    dev, neutral, metric = _prompts(data["dev"]), data["neutral"], metric_for(cfg)
-    refs: dict[int, float] = {}
-    for L, a in tqdm(todo, desc="sweep cells"):
-        if L not in refs:
-            refs[L] = residual_norm(model, neutral, L, batch_size=cfg.batch_size)
-        cell = SteeringCell(layer=L, alpha=a, vector=vector[L], positions=_positions(cfg.positions))
-        t0 = time.perf_counter()
-        result = evaluate_cell(model, cell, dev, metric, neutral, kl_threshold=cfg.kl_threshold,
-                               reference_norm=refs[L], batch_size=cfg.batch_size, n_boot=cfg.n_boot, seed=cfg.seed)
-        key = cell_key(L, a)
-        result.save(ctx.run.path / "cells" / key)
-        ctx.mark("sweep", key, seconds=round(time.perf_counter() - t0, 2))
+    cell = SteeringCell(layer=L, alpha=a, vector=vector[L], positions=_positions(cfg.positions))
+    t0 = time.perf_counter()
+    result = evaluate_cell(model, cell, _prompts(data["dev"]), metric_for(cfg), data["neutral"],
+                           kl_threshold=cfg.kl_threshold,
+                           reference_norm=residual_norm(model, data["neutral"], L, batch_size=cfg.batch_size),
+                           batch_size=cfg.batch_size, n_boot=cfg.n_boot, seed=cfg.seed)
+    result.save(ctx.run.path / "cells" / key)
+    ctx.mark("sweep", key, seconds=round(time.perf_counter() - t0, 2))
 
 
 def load_cells(ctx: Context) -> list:

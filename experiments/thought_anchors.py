@@ -178,37 +178,50 @@ def traces(ctx: Context) -> list[TraceDirs]:
 
 
 def stage_base(ctx: Context) -> None:
+    """One unit per (problem, base kind) (``--executor ray``: one Ray task each)."""
+    ctx.run_units("base", [t.key for t in all_traces(ctx)], base_unit)
+
+
+def base_unit(ctx: Context, key: str) -> None:
+    """Trace ``key``: up to ``base_tries`` samples until one is correct (or incorrect), written and marked."""
     from probes.anchors.rollouts import sample_base_solution, write_trace
 
     cfg = ctx.cfg
-    todo = [t for t in all_traces(ctx) if not ctx.done("base", t.key)]
-    engine = make_engine(ctx.cfg, ctx.model) if todo else None
-    for t in tqdm(todo, desc="base traces"):
-        trace = sample_base_solution(
-            engine, t.problem, prompt_for(ctx.model, t.problem["problem"], cfg.prompt_style),
-            correct=t.kind == "correct", tries=cfg.base_tries, temperature=cfg.temperature, top_p=cfg.top_p,
-            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1000 * int(t.problem["idx"]), batch_size=cfg.batch_size,
-        )
-        if trace is not None:
-            write_trace(t.pdir, trace)
-        ctx.mark("base", t.key, found=trace is not None)
+    t = next(t for t in all_traces(ctx) if t.key == key)
+    trace = sample_base_solution(
+        make_engine(cfg, ctx.model), t.problem, prompt_for(ctx.model, t.problem["problem"], cfg.prompt_style),
+        correct=t.kind == "correct", tries=cfg.base_tries, temperature=cfg.temperature, top_p=cfg.top_p,
+        max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1000 * int(t.problem["idx"]), batch_size=cfg.batch_size,
+    )
+    if trace is not None:
+        write_trace(t.pdir, trace)
+    ctx.mark("base", t.key, found=trace is not None)
 
 
 def stage_rollouts(ctx: Context) -> None:
-    """Tops every chunk up (complete chunk files are kept), so a rerun repairs missing and partial chunks."""
+    """One unit per base trace (``--executor ray``: one Ray task each). Tops every chunk up (complete chunk
+    files are kept), so a rerun repairs missing and partial chunks; a trace whose rollouts failed or are
+    corrupted stays unmarked (the audit says which), and a finished trace whose files went missing or
+    partial since is redone."""
+    todo = traces(ctx)
+    for t in todo:
+        if ctx.done("rollouts", t.key) and any(i.problem.startswith(("missing", "partial")) for i, _ in trace_issues(ctx, t)):
+            ctx.unmark("rollouts", t.key)
+    ctx.run_units("rollouts", [t.key for t in todo], rollouts_unit)
+
+
+def rollouts_unit(ctx: Context, key: str) -> None:
     from probes.anchors.rollouts import resample_chunks
 
     cfg = ctx.cfg
-    todo = traces(ctx)
-    engine = make_engine(ctx.cfg, ctx.model) if todo else None
-    for t in todo:
-        report = resample_chunks(
-            engine, t.pdir, n=cfg.n_rollouts, temperature=cfg.temperature, top_p=cfg.top_p,
-            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, forced=cfg.forced, forced_dir=t.fdir,
-            batch_size=cfg.batch_size, compat=cfg.compat, write_every=cfg.write_every,
-        )
-        if not (report.corrupted or report.failed):
-            ctx.mark("rollouts", t.key, n=cfg.n_rollouts, forced=cfg.forced)
+    t = next(t for t in traces(ctx) if t.key == key)
+    report = resample_chunks(
+        make_engine(cfg, ctx.model), t.pdir, n=cfg.n_rollouts, temperature=cfg.temperature, top_p=cfg.top_p,
+        max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, forced=cfg.forced, forced_dir=t.fdir,
+        batch_size=cfg.batch_size, compat=cfg.compat, write_every=cfg.write_every,
+    )
+    if not (report.corrupted or report.failed):
+        ctx.mark("rollouts", t.key, n=cfg.n_rollouts, forced=cfg.forced)
 
 
 def stage_analyse(ctx: Context) -> None:

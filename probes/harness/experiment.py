@@ -160,8 +160,9 @@ class Context:
 
     def run_units(self, stage: str, keys: Sequence[str], fn: Callable[[Context, str], None]) -> None:
         """``fn(ctx, key)`` for each unit of ``stage`` not yet done (``fn`` writes its artifacts and marks the
-        unit). With ``--executor ray`` each unit is a Ray task in a worker that rebuilds this context from
-        the run directory and loads the model itself; ``fn`` must be a module-level function."""
+        unit, or leaves it unmarked to be redone). With ``--executor ray`` each unit is a Ray task in a worker
+        that rebuilds this context from the run directory and loads the model itself; ``fn`` must be a
+        module-level function."""
         todo = [k for k in keys if not self.done(stage, k)]
         if not todo:
             return
@@ -170,16 +171,22 @@ class Context:
 
             for key in tqdm(todo, desc=stage):
                 fn(self, key)
-            return
-        from probes.runs.sweep import run_on_ray
+        else:
+            from probes.runs.sweep import run_on_ray
 
-        record = (self.experiment.name, self.cfg.to_dict(), str(self.run.path))
-        resources = {"num_cpus": 1} | ({"num_gpus": self.cfg.ray_gpus} if self.cfg.ray_gpus else {})
-        run_on_ray(_run_unit, [(fn, record, key) for key in todo], resources=resources,
-                   address=self.cfg.ray_address or None, desc=stage)
+            record = (self.experiment.name, self.cfg.to_dict(), str(self.run.path))
+            resources = {"num_cpus": 1} | ({"num_gpus": self.cfg.ray_gpus} if self.cfg.ray_gpus else {})
+            run_on_ray(_run_unit, [(_qualname(fn), record, key) for key in todo], resources=resources,
+                       address=self.cfg.ray_address or None, desc=stage)
         missing = [k for k in todo if not self.done(stage, k)]
         if missing:
-            raise HarnessError(f"{stage}: units {missing} finished without their markers")
+            self.notes.append(f"{stage}: units {', '.join(missing)} finished without their markers (see the "
+                              "issues); rerun the stage to complete them")
+
+    def unmark(self, stage: str, unit: str) -> None:
+        """Remove ``unit``'s marker (and its stage's), so the next run of the stage redoes it."""
+        self._marker(stage, unit).unlink(missing_ok=True)
+        self._marker(stage).unlink(missing_ok=True)
 
     def add_issues(self, report, issues: list[Issue] | None = None) -> None:
         """The audit's damaged, missing or partial artifacts (or ``issues``) and the stages' notes as one
@@ -305,18 +312,34 @@ class Experiment:
         return summary
 
 
-def _run_unit(fn: Callable[[Context, str], None], record: tuple[str, dict[str, Any], str], key: str) -> None:
+def _qualname(fn: Callable) -> tuple[str, str]:
+    """(module, name) of a module-level unit function, importable in a worker: under ``python -m
+    experiments.NAME`` the module is ``__main__`` here but ``experiments.NAME`` there."""
+    import sys
+
+    module = fn.__module__
+    if module == "__main__":
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        if spec is None:
+            raise HarnessError("--executor ray needs the experiment run as a module (python -m experiments.NAME), "
+                               "so that workers can import it")
+        module = spec.name
+    return module, fn.__name__
+
+
+def _run_unit(fn: tuple[str, str], record: tuple[str, dict[str, Any], str], key: str) -> None:
     """A Ray worker's unit: the experiment's context rebuilt from its run directory (config as stored,
-    local executor), then ``fn(ctx, key)``."""
+    local executor), then the unit function ``fn`` = (module, name) on ``key``."""
     import importlib
 
     name, cfg_dict, path = record
-    experiment = importlib.import_module(fn.__module__).EXPERIMENT
+    module = importlib.import_module(fn[0])
+    experiment = module.EXPERIMENT
     if experiment.name != name:
-        raise HarnessError(f"{fn.__module__} holds experiment {experiment.name!r}, not {name!r}")
+        raise HarnessError(f"{fn[0]} holds experiment {experiment.name!r}, not {name!r}")
     cfg = experiment.config.from_dict({**cfg_dict, "run_dir": path, "executor": "local"})
     ctx = Context(experiment, cfg, experiment.prepare(cfg), Run.open(path))
-    fn(ctx, key)
+    getattr(module, fn[1])(ctx, key)
 
 
 def _stored_record(path: Path) -> dict[str, Any]:
