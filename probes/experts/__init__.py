@@ -24,7 +24,7 @@ _MODULES = {
                "specialisation_scores", "specialisation_table"),
     "sentences": ("SentenceRouting", "by_category", "sentence_routing"),
     "reinforce": ("BETA", "check_beta", "check_pairs", "force", "random_pairs", "rice"),
-    "evaluate": ("ConditionResult", "paired_differences", "run_condition", "sample_seed"),
+    "evaluate": ("ConditionResult", "paired_differences", "run_condition"),
 }
 _EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
 

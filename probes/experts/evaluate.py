@@ -4,8 +4,9 @@
 a random-expert control) with the paper's sampling (T = 0.6, top-p 0.95) and the same seeds in
 every condition, so conditions differ only by the intervention and their per-problem differences
 are paired. Accuracy is the first ``\\boxed{}`` of a sample checked against the gold answer
-(``probes.evals.answers``); thinking length counts the tokens generated before ``</think>`` (a sample
-that never closes it counts all its tokens and is reported as unclosed).
+(``probes.evals.answers``); thinking length counts the tokens generated before ``</think>``
+(``probes.evals.sampling.thinking_tokens``: a sample that never closes it counts all its tokens but
+EOS and is reported as unclosed).
 """
 
 from __future__ import annotations
@@ -16,16 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from probes.evals.answers import boxed_correct
+from probes.evals.sampling import TEMPERATURE, TOP_P, sample_seed, think_ids, thinking_tokens
 from probes.evals.stats import Estimate, bootstrap_ci, paired_difference_ci
-
-TEMPERATURE, TOP_P = 0.6, 0.95
-"""Sampling of the RICE evaluation (§2 table)."""
-SEED_STRIDE = 100_003
-
-
-def sample_seed(seed: int, problem: int, j: int, samples: int) -> int:
-    """Seed of sample ``j`` of ``problem``: the same in every condition (paired comparisons)."""
-    return seed * SEED_STRIDE + problem * samples + j
 
 
 @dataclass(frozen=True)
@@ -73,9 +66,7 @@ def run_condition(model, prompts: Sequence[str], golds: Sequence[str], *, name: 
         raise ValueError(f"give one gold answer per prompt (got {len(prompts)} prompts and {len(golds)} answers)")
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
-    close = model.ctx.think_close_id
-    if close is None:
-        raise ValueError(f"{model.spec} has no </think> token: thinking length needs a reasoning model")
+    close = think_ids(model)[1]
     correct = np.zeros((len(prompts), samples), dtype=bool)
     think = np.zeros((len(prompts), samples), dtype=np.int64)
     closed = np.zeros((len(prompts), samples), dtype=bool)
@@ -86,7 +77,7 @@ def run_condition(model, prompts: Sequence[str], golds: Sequence[str], *, name: 
             for j, r in enumerate(rows):
                 correct[i, j] = check(r.text, gold)
                 closed[i, j] = close in r.token_ids
-                think[i, j] = r.token_ids.index(close) if closed[i, j] else len(r.token_ids)
+                think[i, j] = thinking_tokens(model, r.token_ids)
     return ConditionResult(name, correct, think, closed)
 
 

@@ -43,6 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from probes.evals.answers import check_answer, extract_boxed
+from probes.evals.sampling import think_ids, thinking_tokens
 from probes.evals.stats import Estimate, paired_difference_ci
 from probes.io import load_artifact, save_artifact
 from probes.models import positions as P
@@ -87,33 +88,6 @@ def boxed_check(completion: str, gold: str) -> bool:
     """Whether the first ``\\boxed{}`` of ``completion`` (thinking included, as in
     ``probes.evals.answers``) matches ``gold`` by ``check_answer``."""
     return check_answer(extract_boxed(completion), gold)
-
-
-def _think_ids(model) -> tuple[int, int]:
-    open_id, close_id = model.ctx.think_open_id, model.ctx.think_close_id
-    if open_id is None or close_id is None:
-        raise ValueError(
-            f"efficiency steering needs <think> and </think> tokens, and {model.spec}'s tokenizer lacks them: "
-            "use a reasoning model's tokenizer"
-        )
-    return open_id, close_id
-
-
-def thinking_tokens(model, token_ids: Sequence[int], *, opened: bool = True) -> int:
-    """Thinking tokens of a completion's ``token_ids``: those before its first ``</think>``, EOS
-    excluded. With ``opened`` (the prompt ended in ``<think>``, a chat template with thinking on)
-    the thinking starts at the first token; otherwise after the completion's first ``<think>``
-    (0 when it has none)."""
-    open_id, close_id = _think_ids(model)
-    ids = [int(t) for t in token_ids]
-    if not opened:
-        if open_id not in ids:
-            return 0
-        ids = ids[ids.index(open_id) + 1 :]
-    if close_id in ids:
-        ids = ids[: ids.index(close_id)]
-    eos = stop_token_ids(model)
-    return sum(1 for t in ids if t not in eos)
 
 
 @dataclass(frozen=True)
@@ -199,7 +173,7 @@ def sample_responses(
     i uses the seed of (``seed``, i, j), so any one can be drawn again."""
     prompts, answers = _check_problems(prompts, answers)
     n = _check_sampling(n, temperature)
-    _think_ids(model)
+    think_ids(model)
     per_problem = _responses(model, prompts, answers, check, samples=n, temperature=temperature, top_p=top_p,
                              max_new_tokens=max_new_tokens, seed=_check_seed(seed), progress=progress, desc="responses")
     return [r for rows in per_problem for r in rows]
@@ -238,7 +212,7 @@ def thinking_means(model, responses: Sequence[Response], layer: int, *, batch_si
     responses = _listed(responses, "responses")
     layer = _check_layer(model, layer)
     batch_size = _check_positive_int(batch_size, "batch_size")
-    _think_ids(model)
+    think_ids(model)
     eos = stop_token_ids(model)
     site = f"resid_post[{layer}]"
 
@@ -395,7 +369,7 @@ def efficiency_curve(
     v = _as_vector(vector)
     site = f"resid_post[{layer}]"
     _check_width(model, v, site)
-    _think_ids(model)
+    think_ids(model)
     samples = _check_sampling(samples_per_problem, temperature)
     seed = _check_seed(seed)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 1:

@@ -29,13 +29,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from probes.evals.answers import extract_boxed
+from probes.evals.sampling import TEMPERATURE, TOP_P, sample_seed
 from probes.models.chat import thinking_and_answer
 from probes.zoo.tasks import arithmetic, ledger
 
 log = logging.getLogger(__name__)
 
-TEMPERATURE = 0.6
-TOP_P = 0.95
 MAX_NEW_TOKENS = 256
 REFUSAL_MAX_NEW_TOKENS = 128
 GENERATORS = {"arithmetic": arithmetic.generate, "ledger": ledger.generate}
@@ -43,18 +42,9 @@ GENERATORS = {"arithmetic": arithmetic.generate, "ledger": ledger.generate}
 TASK_MAX_NEW_TOKENS = {"arithmetic": MAX_NEW_TOKENS, "ledger": 448}
 OOT_SETS = {"arithmetic": "arithmetic_oot", "ledger": "ledger_oot"}
 """Task → its hand-written out-of-template evaluation set (``evalsets.load_eval_set``)."""
-SEED_STRIDE = 100_003
-"""Seeds of a held-out stream's samples start at ``stream seed × SEED_STRIDE``."""
-
-
 def is_correct(output: str, gold: str) -> bool:
     """Whether the first ``\\boxed{}`` of ``output`` is exactly ``gold``."""
     return extract_boxed(output) == gold
-
-
-def sample_seed(seed: int, problem: int, j: int, samples: int) -> int:
-    """Seed of sample ``j`` of problem ``problem`` when ``samples`` are drawn per problem of stream ``seed``."""
-    return seed * SEED_STRIDE + problem * samples + j
 
 
 def greedy_outputs(model, prompts: Sequence[str], *, batch_size: int = 50, max_new_tokens: int = MAX_NEW_TOKENS,

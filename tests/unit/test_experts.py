@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from probes.evals.sampling import sample_seed
 from probes.experts import (
     ConditionResult,
     ExpertScores,
@@ -31,9 +32,9 @@ from probes.experts import (
     rice,
     risk_difference,
     run_condition,
-    sample_seed,
     specialisation_scores,
 )
+from probes.models.sampling import stop_token_ids
 from tests.tiny import MOE_FAMILIES, assert_no_hooks
 
 PROMPT = "<bos><|user|>Alice has 3 apples and buys 5 more.<|end|><|assistant|><think>"
@@ -567,7 +568,7 @@ def test_condition_result_save_load(tmp_path):
 
 def test_run_condition_pairs_seeds(moe):
     """Same seeds in every condition: RICE at β = 1 reproduces the baseline sample for sample, and
-    thinking length is len(token_ids) when </think> never comes."""
+    thinking length is the tokens before </think>, all but EOS when it never comes."""
     kw = dict(samples=2, seed=3, max_new_tokens=4, check=lambda out, gold: gold in out)
     base = run_condition(moe, [PROMPT, TEXTS[1]], ["8", "x"], name="base", **kw)
     same = run_condition(moe, [PROMPT, TEXTS[1]], ["8", "x"], name="β=1", interventions=[rice(moe, [(0, 1)], beta=1.0)],
@@ -577,7 +578,8 @@ def test_run_condition_pairs_seeds(moe):
     rows = moe.sample(TEXTS[1], 2, temperature=0.6, top_p=0.95, max_new_tokens=4,
                       seeds=[sample_seed(3, 1, j, 2) for j in range(2)])
     close = moe.ctx.think_close_id
-    want = [r.token_ids.index(close) if close in r.token_ids else len(r.token_ids) for r in rows]
+    eos = stop_token_ids(moe)
+    want = [r.token_ids.index(close) if close in r.token_ids else sum(t not in eos for t in r.token_ids) for r in rows]
     assert base.think_tokens[1].tolist() == want
     assert base.closed[1].tolist() == [close in r.token_ids for r in rows]
     with pytest.raises(ValueError, match="one gold answer per prompt"):

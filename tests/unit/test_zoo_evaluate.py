@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from probes.zoo.evaluate import greedy_outputs, sample_seed, sampled_outputs
+from probes.evals.sampling import sample_seed
+from probes.zoo.evaluate import greedy_outputs, sampled_outputs
 
 PROMPTS = ["Alice has 3 apples.", "How many apples does she have now?", "Sure, here is how to bake bread."]
 
