@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 
 from probes.harness import Context, Experiment, ExperimentConfig, Issue, Stage, main, session_field
-from probes.plots.report import rounded
+from probes.plots.report import rounded, with_ci
 
 log = logging.getLogger(__name__)
 
@@ -328,10 +328,6 @@ def audit(ctx: Context) -> list[Issue]:
 # ----- report: saved artifacts only ------------------------------------------------------------------
 
 
-def _ci(e, digits: int = 3) -> str:
-    return f"{rounded(e.value, digits)} [{rounded(e.lo, digits)}, {rounded(e.hi, digits)}]"
-
-
 def load_conditions(ctx: Context) -> dict[str, Any]:
     """key → ConditionResult of every finished condition."""
     from probes.experts import ConditionResult
@@ -427,12 +423,12 @@ def add_report_sections(ctx: Context, report, *, heading: str = "Thinking expert
                                   f"same count ({cfg.random_draws} draws pooled); grey: no reinforcement")
     table, diffs = [], {}
     for key, r in results.items():
-        row = {"condition": key, "accuracy [95% CI]": _ci(r.accuracy(cfg.n_boot, cfg.seed)),
-               "thinking tokens [95% CI]": _ci(r.thinking_length(cfg.n_boot, cfg.seed), 1),
+        row = {"condition": key, "accuracy [95% CI]": with_ci(r.accuracy(cfg.n_boot, cfg.seed)),
+               "thinking tokens [95% CI]": with_ci(r.thinking_length(cfg.n_boot, cfg.seed), 1),
                "closed </think>": rounded(float(r.closed.mean()))}
         if key != "baseline":
             d = paired_differences(r, base, cfg.n_boot, cfg.seed)
-            row |= {"Δ accuracy": _ci(d["accuracy"]), "Δ thinking tokens": _ci(d["thinking_tokens"], 1)}
+            row |= {"Δ accuracy": with_ci(d["accuracy"]), "Δ thinking tokens": with_ci(d["thinking_tokens"], 1)}
             diffs[key] = {k: {"value": rounded(e.value, 4), "lo": rounded(e.lo, 4), "hi": rounded(e.hi, 4)}
                           for k, e in d.items()}
         table.append(row)

@@ -55,7 +55,7 @@ from probes.harness import (
     session_field,
 )
 from probes.io import atomic_write_json
-from probes.plots.report import rounded
+from probes.plots.report import rounded, with_ci
 
 log = logging.getLogger(__name__)
 
@@ -485,18 +485,13 @@ def share_at_last_sentence(t: dict) -> float | None:
     return float(np.mean(flags)) if flags else None
 
 
-def _ci(e: dict, digits: int = 3) -> str:
-    return f"{rounded(e['value'], digits)} [{rounded(e['lo'], digits)}, {rounded(e['hi'], digits)}]"
-
-
 def _mean_ci(values, seed: int) -> str:
     from probes.evals.stats import bootstrap_ci
 
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], float)
     if not v.size:
         return "n/a"
-    value, lo, hi = bootstrap_ci(v, seed=seed)
-    return f"{rounded(value)} [{rounded(lo)}, {rounded(hi)}]"
+    return with_ci(bootstrap_ci(v, seed=seed))
 
 
 def stage_report(ctx: Context) -> Path:
@@ -542,8 +537,8 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
     report.add_table([{"probe": k, "site": probes[k]["site"], "read": probes[k]["read"], "fit": probes[k]["fit"],
                        "train / val": f"{probes[k]['n_train']} / {probes[k]['n_val']}",
                        "val accuracy": rounded(probes[k]["val_accuracy"]),
-                       "OOD accuracy [95% CI]": _ci(probes[k]["ood"]["accuracy"]) if "ood" in probes[k] else "",
-                       "OOD AUROC [95% CI]": _ci(probes[k]["ood"]["auroc"]) if "auroc" in probes[k].get("ood", {}) else ""}
+                       "OOD accuracy [95% CI]": with_ci(probes[k]["ood"]["accuracy"]) if "ood" in probes[k] else "",
+                       "OOD AUROC [95% CI]": with_ci(probes[k]["ood"]["auroc"]) if "auroc" in probes[k].get("ood", {}) else ""}
                       for k in PROBES if k in probes],
                      caption=f"Refusal class: harmful rollouts that refused ({probes['n_refusal']}); non-refusal: "
                              f"harmless rollouts answered ({probes['n_non_refusal']}); OOD: {cfg.ood_set}, every "
@@ -592,8 +587,8 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
     trunc = _read(ctx, "truncation.json")
     if trunc:
         report.add_heading("Thinking truncation (A3)")
-        report.add_table([{"thinking kept": rounded(p["fraction"]), "refusal rate [95% CI]": _ci(p["refusal_rate"]),
-                           "r_T [95% CI]": _ci(p["r_T"]), "n": p["n"], "example answer": p["example_answer"][:80]}
+        report.add_table([{"thinking kept": rounded(p["fraction"]), "refusal rate [95% CI]": with_ci(p["refusal_rate"]),
+                           "r_T [95% CI]": with_ci(p["r_T"]), "n": p["n"], "example answer": p["example_answer"][:80]}
                           for p in trunc],
                          caption=f"Attack rollouts re-answered after the first share of their thinking "
                                  f"({cfg.truncation_unit}); r_T from the thinking probe")
@@ -624,8 +619,8 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
                                   f"refusal_heads_{what}", caption=f"Top heads vs {cfg.head_draws} random draws of "
                                                                    "as many heads (norm-preserving zero ablation)")
             report.add_table([{"heads ablated": k, "top heads": ", ".join(f"L{a}H{b}" for a, b in r["top"]["heads"]),
-                               "top − random refusal [95% CI]": _ci(r["top_minus_random"]["refusal_rate"]),
-                               "top − random r_T [95% CI]": _ci(r["top_minus_random"]["r_T"]),
+                               "top − random refusal [95% CI]": with_ci(r["top_minus_random"]["refusal_rate"]),
+                               "top − random r_T [95% CI]": with_ci(r["top_minus_random"]["r_T"]),
                                "unclosed (top)": f"{r['top']['unclosed']} / {r['top']['rollouts']}"}
                               for k, r in runs],
                              caption="Differences paired by prompt; unclosed rollouts are counted, not judged: many "
@@ -645,7 +640,7 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
         report.add_heading("Refusal direction (B)")
         report.add_text(f"Selected candidate: position {sel.position} (from the end of prompt + thinking + </think>), "
                         f"layer {sel.layer}, ‖r‖ = {rounded(float(sel.direction.norm()))}.")
-        report.add_table([{"prompts": r["prompts"], "condition": r["condition"], "refusal rate [95% CI]": _ci(r),
+        report.add_table([{"prompts": r["prompts"], "condition": r["condition"], "refusal rate [95% CI]": with_ci(r),
                            "n": r["n"], "example answer": r["example_answer"][:80]} for r in rates],
                          caption="Greedy answers regenerated after each rollout's own thinking")
         report.add_figure(direction_rates_figure([{"prompts": r["prompts"], "condition": r["condition"],

@@ -37,7 +37,7 @@ from typing import Any, Literal
 import numpy as np
 
 from probes.harness import Context, Experiment, ExperimentConfig, Issue, Stage, main, session_field
-from probes.plots.report import rounded
+from probes.plots.report import rounded, with_ci
 
 log = logging.getLogger(__name__)
 
@@ -386,10 +386,6 @@ def audit(ctx: Context) -> list[Issue]:
 # ----- report: saved artifacts only ------------------------------------------------------------------
 
 
-def _ci(e, digits: int = 3) -> str:
-    return f"{rounded(e.value, digits)} [{rounded(e.lo, digits)}, {rounded(e.hi, digits)}]"
-
-
 def grid_arrays(cells, layers: list[int], alphas: list[float]) -> dict[str, np.ndarray]:
     """(n_layers, n_alphas) arrays of behaviour mean/lo/hi, KL and norm ratio (NaN: cell not finished)."""
     shape = (len(layers), len(alphas))
@@ -425,7 +421,7 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     report.add_table([{"layer": c.layer, "alpha": rounded(c.alpha, 4), "norm ratio": rounded(c.norm_ratio),
                        "mean KL": rounded(c.kl.mean_kl, 4), "KL guard": "pass" if c.passed else "fail",
-                       "dev behaviour [95% CI]": _ci(c.estimate), "n": c.estimate.n} for c in cells],
+                       "dev behaviour [95% CI]": with_ci(c.estimate), "n": c.estimate.n} for c in cells],
                      caption=f"Dev split: every (layer, α) cell; the guard passes at mean KL ≤ {cfg.kl_threshold:g} on "
                              f"{cfg.n_neutral} neutral prompts (§5.5)")
     controls = None
@@ -452,7 +448,7 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
     summary["chosen"] = {"layer": chosen.layer, "alpha": chosen.alpha, "norm_ratio": rounded(chosen.norm_ratio, 4),
                          "mean_kl": rounded(chosen.kl.mean_kl, 5), "dev": rounded(chosen.estimate.value, 4)}
     report.add_table([{"layer": chosen.layer, "alpha": rounded(chosen.alpha, 4), "norm ratio": rounded(chosen.norm_ratio),
-                       "mean KL": rounded(chosen.kl.mean_kl, 4), "dev behaviour [95% CI]": _ci(chosen.estimate)}],
+                       "mean KL": rounded(chosen.kl.mean_kl, 4), "dev behaviour [95% CI]": with_ci(chosen.estimate)}],
                      caption="Chosen cell: the best dev behaviour among cells passing the KL guard (§5.1); ties go to "
                              "the smaller norm ratio, then the lower layer, then the smaller |α|")
     ties = [c for c in passed if c.estimate.value == chosen.estimate.value]
@@ -462,11 +458,11 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
     if controls is None:
         report.add_text("The chosen cell has not been evaluated on the test split yet: run the evaluate stage.")
         return summary
-    report.add_table([{"condition": k, f"{cfg.behaviour} rate [95% CI]": _ci(s.estimate), "n": s.estimate.n}
+    report.add_table([{"condition": k, f"{cfg.behaviour} rate [95% CI]": with_ci(s.estimate), "n": s.estimate.n}
                       for k, s in controls.conditions.items()],
                      caption=f"Test split: the chosen cell against its controls (norm-matched random direction, "
                              f"negated vector, prompting baseline: {cfg.baseline_instruction!r} in the user turn)")
-    report.add_table([{"steered − condition": k, "difference [95% CI]": _ci(e)} for k, e in controls.differences.items()],
+    report.add_table([{"steered − condition": k, "difference [95% CI]": with_ci(e)} for k, e in controls.differences.items()],
                      caption="Paired differences on the test split (bootstrap over examples)")
     summary["test"] = {k: {"value": rounded(s.estimate.value, 4), "lo": rounded(s.estimate.lo, 4), "hi": rounded(s.estimate.hi, 4),
                            "n": s.estimate.n} for k, s in controls.conditions.items()}
@@ -480,7 +476,7 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
                           "steering_steerability",
                           caption=f"Least-squares slope of each test example's metric against α over {curve['alphas']} "
                                   "(Tan et al., §5.3)")
-        report.add_table([{"layer": curve["layer"], "mean slope [95% CI]": _ci(st.mean, 5), "std": rounded(st.std, 5),
+        report.add_table([{"layer": curve["layer"], "mean slope [95% CI]": with_ci(st.mean, 5), "std": rounded(st.std, 5),
                            "anti-steerable fraction": rounded(st.anti_steerable_fraction),
                            "zero-slope fraction": rounded(float(np.mean(st.slopes == 0)))}],
                          caption="Per-example steerability on the test split")

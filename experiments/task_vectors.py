@@ -49,7 +49,7 @@ from probes.harness import (
     make_engine,
     session_field,
 )
-from probes.plots.report import rounded
+from probes.plots.report import rounded, with_ci
 
 StageName = Literal["vector", "merge", "evaluate", "sweep", "report"]
 STAGES: tuple[StageName, ...] = ("vector", "merge", "evaluate", "sweep", "report")
@@ -297,10 +297,6 @@ def audit(ctx: Context) -> list[Issue]:
 # ----- report: saved artifacts only ------------------------------------------------------------------
 
 
-def _ci(lo: float, hi: float, v: float, digits: int = 3) -> str:
-    return f"{rounded(v, digits)} [{rounded(lo, digits)}, {rounded(hi, digits)}]"
-
-
 def load_conditions(ctx: Context) -> dict[str, tuple[np.ndarray, list[str]]]:
     return {label: _load_flags(ctx.run.path / "conditions" / f"{_unit(label)}.json") for label in CONDITIONS + (SERVED,)
             if ctx.done("evaluate", _unit(label))}
@@ -351,8 +347,8 @@ def add_report_sections(ctx: Context, report, *, heading: str = "Reasoning task 
                               f"target; ± v at α = {cfg.alpha:g}; random: a per-tensor norm-matched Gaussian vector; "
                               f"prompt: the target with {cfg.prompt_suffix!r} after each problem (§6)")
     skip = _skip_rates(ctx, flags) if cfg.problems == ZOO_PROBLEMS else {}
-    report.add_table([{"condition": r["condition"], "accuracy [95% CI]": _ci(r["lo"], r["hi"], r["value"]),
-                       "− target [95% CI]": _ci(r["diff_lo"], r["diff_hi"], r["diff"]) if "diff" in r else "",
+    report.add_table([{"condition": r["condition"], "accuracy [95% CI]": with_ci(r),
+                       "− target [95% CI]": with_ci((r["diff"], r["diff_lo"], r["diff_hi"])) if "diff" in r else "",
                        **({"planted skip rate": rounded(skip[r["condition"]])} if skip else {})} for r in rows],
                      caption="Every condition on the same problems; differences paired by problem")
     summary["conditions"] = {r["condition"]: {k: rounded(v, 4) for k, v in r.items() if k != "condition"} for r in rows}

@@ -12,6 +12,7 @@ first and skip ``unknown``), ``depends_on`` (earlier chunk indices) and a 2–4 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -354,15 +355,21 @@ class LLMLabeler:
             body["max_tokens"] = self.max_tokens
         return body
 
-    def label(self, problem: str, chunks: Sequence[str]) -> list[ChunkLabel]:
-        from openai import APIConnectionError, APIError, APIStatusError, Omit, OpenAI
+    @functools.cached_property
+    def client(self):
+        """One ``openai`` client for every trace (its connection pool is reused)."""
+        from openai import OpenAI
 
-        # The client insists on a key: without one, a placeholder whose Authorization header is left out.
-        client = OpenAI(base_url=self.base_url, api_key=self.api_key or "none", timeout=self.timeout, max_retries=0)
+        # The client insists on a key: without one, a placeholder whose Authorization header ``label`` leaves out.
+        return OpenAI(base_url=self.base_url, api_key=self.api_key or "none", timeout=self.timeout, max_retries=0)
+
+    def label(self, problem: str, chunks: Sequence[str]) -> list[ChunkLabel]:
+        from openai import APIConnectionError, APIError, APIStatusError, Omit
+
         no_key = None if self.api_key else {"Authorization": Omit()}
         offline = "label offline with probes.anchors.taxonomy.RuleLabeler() instead"
         try:
-            reply = client.chat.completions.create(**self.request_body(problem, chunks), extra_headers=no_key)
+            reply = self.client.chat.completions.create(**self.request_body(problem, chunks), extra_headers=no_key)
         except APIStatusError as e:
             detail = e.response.text[:300]
             raise LabelerError(f"labeler endpoint {self.url} answered HTTP {e.status_code}: {detail}; "
@@ -372,8 +379,6 @@ class LLMLabeler:
             raise LabelerError(f"could not reach the labeler endpoint {self.url} ({reason}); {offline}") from e
         except (APIError, ValueError) as e:  # answered 2xx with a body that is not a chat completion (or not JSON)
             raise LabelerError(f"labeler endpoint {self.url} answered without a JSON labeling ({e}); {offline}") from e
-        finally:
-            client.close()
         choices = getattr(reply, "choices", None) or [None]
         content = getattr(getattr(choices[0], "message", None), "content", None)
         if not isinstance(content, str):

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from probes.plots._arrays import display_token, to_numpy
+from probes.plots._bands import COLORS, GREY, add_band, rgba
 from probes.plots.refusal import _intervals
-from probes.plots.steering import _COLORS, _rgba
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -32,7 +32,6 @@ __all__ = ["beta_sweep_figure", "category_share_figure", "npmi_heatmap", "score_
 Pair = tuple[int, int]
 Band = Mapping[str, Any]
 
-_GREY = _COLORS[7]
 # Slack for a value that misses its bound by float round-off.
 _TOL = 1e-9
 _BAND_KEYS = ("mean", "lo", "hi")
@@ -109,8 +108,8 @@ def score_ranking_figure(rows: Sequence[Mapping[str, Any]], *, ell: int, title: 
         raise ValueError(f"rows repeat the pairs {repeated}: give each (layer, expert) once")
     fig = go.Figure()
     hover = "%{x}<br>rank %{customdata}<br>score = %{y:.3f}"
-    for name, keep, color in ((f"top-{ell} (chosen)", lambda r: r[0] <= ell, _COLORS[1]),
-                              ("rest", lambda r: r[0] > ell, _rgba(_COLORS[0], 0.6))):
+    for name, keep, color in ((f"top-{ell} (chosen)", lambda r: r[0] <= ell, COLORS[1]),
+                              ("rest", lambda r: r[0] > ell, rgba(COLORS[0], 0.6))):
         sel = [r for r in parsed if keep(r)]
         if sel:
             fig.add_bar(x=[_pair_label(L, e) for _, L, e, _, _ in sel], y=[s for *_, s, _ in sel],
@@ -157,7 +156,7 @@ def category_share_figure(
         raise ValueError(f"shares must lie in [0, 1], got {share.tolist()}")
     n = [int(r["sentences"]) for r in rows]
     tokens = [int(r.get("tokens", 0)) for r in rows]
-    fig = go.Figure(go.Bar(x=share.tolist(), y=cats, orientation="h", marker_color=_COLORS[0], name="share",
+    fig = go.Figure(go.Bar(x=share.tolist(), y=cats, orientation="h", marker_color=COLORS[0], name="share",
                            text=[f"n = {k}" for k in n], textposition="outside", customdata=list(zip(n, tokens)),
                            hovertemplate="%{y}<br>share = %{x:.3f}<br>%{customdata[0]} sentences, "
                                          "%{customdata[1]} tokens<extra></extra>"))
@@ -233,20 +232,15 @@ def beta_sweep_figure(
     [[b, b_lo, b_hi]] = _intervals([baseline], 1, "baseline")
     if not math.isfinite(b):
         raise ValueError(f"baseline value is {b}: give the unreinforced model's {metric}")
-    colors = {label: _COLORS[i % len(_COLORS)] for i, label in enumerate(series["reinforced"])}
+    colors = {label: COLORS[i % len(COLORS)] for i, label in enumerate(series["reinforced"])}
     order = np.argsort(x)
     fig = go.Figure()
     for kind, bands in series.items():
         for label, (m, lo, hi) in bands.items():
-            color = colors[label] if kind == "reinforced" else (_GREY if label is None else colors.get(label, _GREY))
+            color = colors[label] if kind == "reinforced" else (GREY if label is None else colors.get(label, GREY))
             name = _label(f"{kind} experts", label)
             ok = order[np.isfinite(m[order])]
-            banded = ok[np.isfinite(lo[ok]) & np.isfinite(hi[ok])]
-            xs = x[banded].tolist()
-            if xs:
-                fig.add_scatter(x=xs + xs[::-1], y=hi[banded].tolist() + lo[banded].tolist()[::-1], fill="toself",
-                                mode="lines", fillcolor=_rgba(color, 0.15), line={"width": 0}, hoverinfo="skip",
-                                showlegend=False, name=f"{name} 95% CI")
+            add_band(fig, x[ok], lo[ok], hi[ok], color=color, name=f"{name} 95% CI", opacity=0.15)
             fig.add_scatter(x=x[ok].tolist(), y=m[ok].tolist(), mode="lines+markers", name=name,
                             line={"color": color, "dash": "solid" if kind == "reinforced" else "dash"},
                             hovertemplate="β = %{x:g}<br>" + html.escape(metric) + " = %{y:.3f}<extra>"

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from probes.plots._arrays import to_numpy
-from probes.plots.steering import _COLORS, _rgba
+from probes.plots._bands import COLORS, add_band, rgba
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -39,7 +39,7 @@ _TOL = 1e-9
 
 
 def _color(i: int) -> str:
-    return _COLORS[i % len(_COLORS)]
+    return COLORS[i % len(COLORS)]
 
 
 def _intervals(values: Sequence[Any], n: int, what: str) -> np.ndarray:
@@ -175,10 +175,7 @@ def trajectory_figure(
             if lo.shape != y.shape or hi.shape != y.shape:
                 raise ValueError(f"band of {group!r} has shapes {lo.shape}, {hi.shape}: give (lo, hi) with "
                                  f"{y.size} values each, like its curve")
-            ok = np.isfinite(lo) & np.isfinite(hi)
-            fig.add_scatter(x=x[ok].tolist() + x[ok].tolist()[::-1], y=hi[ok].tolist() + lo[ok].tolist()[::-1],
-                            fill="toself", mode="lines", fillcolor=_rgba(color, 0.2), line={"width": 0},
-                            hoverinfo="skip", showlegend=False, name=f"{group} interval")
+            add_band(fig, x, lo, hi, color=color, name=f"{group} interval")
         fig.add_scatter(x=x.tolist(), y=y.tolist(), mode="lines", name=group, line={"color": color},
                         hovertemplate="x = %{x:.2f}<br>r = %{y:.3f}<extra>" + html.escape(group) + "</extra>")
     fig.update_layout(title=title or "Refusal score along the trace (1 = last token before the answer)",
@@ -352,7 +349,7 @@ def pareto_figure(
     idx = np.flatnonzero(ok)
     fig = go.Figure()
     fig.add_scatter(x=x[idx].tolist(), y=y[idx].tolist(), mode="markers", name="trials",
-                    marker={"color": _rgba(_color(0), 0.5), "size": 7},
+                    marker={"color": rgba(_color(0), 0.5), "size": 7},
                     customdata=[_hover_text(names[i]) for i in idx], hovertemplate=hover + "<extra>trial</extra>")
     f = sorted(dict.fromkeys(front), key=lambda i: (x[i], y[i]))
     fig.add_scatter(x=x[f].tolist(), y=y[f].tolist(), mode="lines+markers", name="Pareto front",

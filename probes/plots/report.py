@@ -56,6 +56,18 @@ def rounded(x: Any, digits: int = 3) -> float | None:
     return None if x is None or not math.isfinite(float(x)) else round(float(x), digits)
 
 
+def with_ci(estimate: Any, digits: int = 3) -> str:
+    """``value [lo, hi]`` rounded for a report table: an estimate with ``value``, ``lo`` and ``hi``
+    (attributes or keys) or a (value, lo, hi) triple, and its interval in one cell."""
+    if isinstance(estimate, Mapping):
+        v, lo, hi = estimate["value"], estimate["lo"], estimate["hi"]
+    elif hasattr(estimate, "value"):
+        v, lo, hi = estimate.value, estimate.lo, estimate.hi
+    else:
+        v, lo, hi = estimate
+    return f"{rounded(v, digits)} [{rounded(lo, digits)}, {rounded(hi, digits)}]"
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return ""

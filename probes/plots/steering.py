@@ -10,14 +10,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from probes.plots._arrays import to_numpy
+from probes.plots._bands import COLORS, add_band
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
 __all__ = ["behaviour_alpha_figure", "kl_alpha_figure", "steerability_histogram"]
-
-_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f")
-
 
 def _grid(alphas: Sequence[float], values, layers: Sequence[int], what: str) -> tuple[np.ndarray, np.ndarray]:
     x = to_numpy(alphas).astype(float)
@@ -27,11 +25,6 @@ def _grid(alphas: Sequence[float], values, layers: Sequence[int], what: str) -> 
     if y.shape != (len(layers), x.size):
         raise ValueError(f"{what} must be (n_layers, n_alphas) = ({len(layers)}, {x.size}), got shape {y.shape}")
     return x, y
-
-
-def _rgba(hex_color: str, alpha: float) -> str:
-    r, g, b = (int(hex_color[i : i + 2], 16) for i in (1, 3, 5))
-    return f"rgba({r},{g},{b},{alpha})"
 
 
 def behaviour_alpha_figure(
@@ -49,12 +42,10 @@ def behaviour_alpha_figure(
     order = np.argsort(x)
     fig = go.Figure()
     for i, layer in enumerate(layers):
-        color = _COLORS[i % len(_COLORS)]
+        color = COLORS[i % len(COLORS)]
         ok = order[np.isfinite(m[i, order])]
         xs = x[ok].tolist()
-        fig.add_scatter(x=xs + xs[::-1], y=high[i, ok].tolist() + low[i, ok].tolist()[::-1], fill="toself", mode="lines",
-                        fillcolor=_rgba(color, 0.2), line={"width": 0}, hoverinfo="skip", showlegend=False,
-                        name=f"layer {layer} 95% CI")
+        add_band(fig, xs, low[i, ok], high[i, ok], color=color, name=f"layer {layer} 95% CI")
         fig.add_scatter(x=xs, y=m[i, ok].tolist(), mode="lines+markers", name=f"layer {layer}",
                         line={"color": color},
                         hovertemplate="α = %{x}<br>" + metric + " = %{y:.3f}<extra>layer " + str(layer) + "</extra>")
@@ -78,7 +69,7 @@ def kl_alpha_figure(
     for i, layer in enumerate(layers):
         ok = order[np.isfinite(k[i, order])]
         fig.add_scatter(x=x[ok].tolist(), y=k[i, ok].tolist(), mode="lines+markers", name=f"layer {layer}",
-                        line={"color": _COLORS[i % len(_COLORS)]},
+                        line={"color": COLORS[i % len(COLORS)]},
                         hovertemplate="α = %{x}<br>KL = %{y:.4g}<extra>layer " + str(layer) + "</extra>")
     fig.add_hline(y=float(threshold), line_dash="dash", line_color="black", annotation_text=f"KL guard {threshold:g}")
     fig.update_layout(title=title or "KL guard against α", xaxis_title="α", yaxis_title="mean next-token KL (nats)",
@@ -97,7 +88,7 @@ def steerability_histogram(
     if s.size == 0 or not np.isfinite(s).all():
         raise ValueError("slopes must be a non-empty array of finite numbers")
     head = title or "Per-example steerability"
-    fig = go.Figure(go.Histogram(x=s.tolist(), nbinsx=nbins, marker_color=_COLORS[0], name="examples"))
+    fig = go.Figure(go.Histogram(x=s.tolist(), nbinsx=nbins, marker_color=COLORS[0], name="examples"))
     fig.add_vline(x=0.0, line_dash="dash", line_color="black")
     fig.update_layout(title=f"{head} (anti-steerable fraction {anti_steerable_fraction:.2f}, n = {s.size})",
                       xaxis_title="slope of the metric against α", yaxis_title="examples", bargap=0.05)

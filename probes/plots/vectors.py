@@ -20,15 +20,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from probes.plots._arrays import to_numpy
+from probes.plots._bands import COLORS, GREY, add_band
 from probes.plots.refusal import _error_y, _intervals
-from probes.plots.steering import _COLORS, _rgba
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
 __all__ = ["alpha_curve_figure", "condition_accuracy_figure", "delta_profile_figure"]
 
-_GREY = _COLORS[7]
 # Slack for a value that misses its bound by float round-off.
 _TOL = 1e-9
 _ROW_KEYS = ("condition", "value", "lo", "hi", "n")
@@ -67,7 +66,7 @@ def condition_accuracy_figure(
         raise ValueError(f"baseline {baseline!r} is not one of the conditions {conds}")
     ci = [f"[{lo:.3f}, {hi:.3f}]" if math.isfinite(lo) and math.isfinite(hi) else "" for lo, hi in a[:, 1:]]
     fig = go.Figure(go.Bar(x=conds, y=a[:, 0].tolist(), error_y=_error_y(a), name="accuracy",
-                           marker_color=[_GREY if c == baseline else _COLORS[0] for c in conds],
+                           marker_color=[GREY if c == baseline else COLORS[0] for c in conds],
                            text=[f"n = {k}" for k in n], textposition="inside", insidetextanchor="start",
                            customdata=list(zip(ci, n)),
                            hovertemplate="%{x}<br>accuracy = %{y:.3f} %{customdata[0]}<br>"
@@ -123,7 +122,7 @@ def delta_profile_figure(
     outside = {kind: cells[_OUTSIDE] for kind, cells in parsed.items() if _OUTSIDE in cells}
     inside = {kind: {L: v for L, v in cells.items() if L != _OUTSIDE} for kind, cells in parsed.items()}
     inside = {kind: cells for kind, cells in inside.items() if cells}
-    colors = {kind: _COLORS[i % len(_COLORS)] for i, kind in enumerate(parsed)}
+    colors = {kind: COLORS[i % len(COLORS)] for i, kind in enumerate(parsed)}
     if outside:
         fig = make_subplots(rows=1, cols=2, shared_yaxes=True, column_widths=[0.15, 0.85], horizontal_spacing=0.03)
         where = {"row": 1, "col": 2}
@@ -194,29 +193,24 @@ def alpha_curve_figure(
         raise ValueError("each interval [lo, hi] must contain its mean: pass mean, lo, hi in that order")
     order = np.argsort(x)
     keep = order[ok[order]]
-    banded = keep[np.isfinite(low[keep]) & np.isfinite(high[keep])]
     fig = go.Figure()
     esc = html.escape(metric)
-    if banded.size:
-        xs = x[banded].tolist()
-        fig.add_scatter(x=xs + xs[::-1], y=high[banded].tolist() + low[banded].tolist()[::-1], fill="toself",
-                        mode="lines", fillcolor=_rgba(_COLORS[0], 0.2), line={"width": 0}, hoverinfo="skip",
-                        showlegend=False, name="task vector 95% CI")
+    add_band(fig, x[keep], low[keep], high[keep], color=COLORS[0], name="task vector 95% CI")
     fig.add_scatter(x=x[keep].tolist(), y=m[keep].tolist(), mode="lines+markers", name="task vector",
-                    line={"color": _COLORS[0]},
+                    line={"color": COLORS[0]},
                     hovertemplate="α = %{x:g}<br>" + esc + " = %{y:.3f}<extra>task vector</extra>")
     if random is not None:
         r = np.array([_reference(random, "random")])
         fig.add_scatter(x=[1.0], y=[float(r[0, 0])], error_y=_error_y(r), mode="markers",
                         name="norm-matched random vector (α = 1)",
-                        marker={"symbol": "x", "size": 11, "color": _COLORS[1]},
+                        marker={"symbol": "x", "size": 11, "color": COLORS[1]},
                         hovertemplate="α = 1<br>" + esc + " = %{y:.3f}<extra>random vector</extra>")
     if baseline is not None:
         b, b_lo, b_hi = _reference(baseline, "baseline")
         if math.isfinite(b_lo) and math.isfinite(b_hi):
             fig.add_hrect(y0=b_lo, y1=b_hi, fillcolor="black", opacity=0.08, line_width=0)
         fig.add_hline(y=b, line_dash="dash", line_color="black", annotation_text=f"no vector {b:.3g}")
-    fig.add_vline(x=0.0, line_dash="dot", line_color=_GREY)
+    fig.add_vline(x=0.0, line_dash="dot", line_color=GREY)
     ticks = sorted(set(x.tolist()) | {0.0} | ({1.0} if random is not None else set()))
     fig.update_layout(title=title or f"{metric} against the task-vector scale α",
                       xaxis={"title": "α (scale of the task vector)", "tickvals": ticks,
