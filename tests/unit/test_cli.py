@@ -28,7 +28,8 @@ def test_demo_writes_a_report_with_provenance(model_dir, tmp_path, capsys):
     rc = main(["demo", "--model", str(model_dir), "--runs-root", str(tmp_path), "--max-new-tokens", "12",
                "--formats", "html", "--steering-model", str(model_dir), "--steering-layers", "0", "1",
                "--steering-alphas", "1", "4", "--steering-examples", "4", "--steering-max-new-tokens", "4",
-               "--refusal-train", "4", "--refusal-eval", "2", "--refusal-ood", ""])
+               "--refusal-train", "4", "--refusal-eval", "2", "--refusal-ood", "", "--anchors-rollouts", "2",
+               "--experts-problems", "2", "--experts-betas", "4", "--vectors-problems", "8"])
     assert rc == 0
     run_dir = next((tmp_path / "demo").iterdir())
     report = (run_dir / "report.html").read_text()
