@@ -52,17 +52,11 @@ class Checkpoint:
         self._where: dict[str, Path] = {}
         self._meta: dict[str, tuple[tuple[int, ...], str]] = {}
         self._span: dict[str, tuple[int, int]] = {}
-        from safetensors import safe_open
-
         for f in files:
-            self._span |= _data_spans(f)
-            with safe_open(f, framework="pt") as h:
-                for name in h.keys():
-                    if name in self._where:
-                        raise ValueError(f"{self.path}: tensor {name} is in two shards ({self._where[name].name}, {f.name})")
-                    sl = h.get_slice(name)
-                    self._where[name] = f
-                    self._meta[name] = (tuple(sl.get_shape()), sl.get_dtype())
+            for name, (shape, dtype, span) in _header(f).items():
+                if name in self._where:
+                    raise ValueError(f"{self.path}: tensor {name} is in two shards ({self._where[name].name}, {f.name})")
+                self._where[name], self._meta[name], self._span[name] = f, (shape, dtype), span
         self._open: dict[Path, Any] = {}
 
     @cached_property
@@ -92,7 +86,7 @@ class Checkpoint:
         caller may change in place without changing any other read."""
         f = self._where[name]
         shape, dtype = self._meta[name]
-        begin, end = self._span.get(name, (0, -1))
+        begin, end = self._span[name]
         if dtype not in _TORCH or end - begin != self.nbytes(name) or sys.byteorder != "little":
             from safetensors import safe_open
 
@@ -190,14 +184,28 @@ _TORCH = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F
 """safetensors dtype → torch dtype for the positioned reads (others go through ``safe_open``)."""
 
 
-def _data_spans(path: Path) -> dict[str, tuple[int, int]]:
-    """Each tensor's byte range in a safetensors file, from its header (an 8-byte little-endian length,
-    then that many bytes of JSON whose ``data_offsets`` count from the header's end)."""
-    with open(path, "rb") as h:
-        n = int.from_bytes(h.read(8), "little")
-        header = json.loads(h.read(n))
-    return {k: (8 + n + v["data_offsets"][0], 8 + n + v["data_offsets"][1])
-            for k, v in header.items() if k != "__metadata__"}
+def _header(path: Path) -> dict[str, tuple[tuple[int, ...], str, tuple[int, int]]]:
+    """Each tensor's shape, safetensors dtype and byte range in a safetensors file, from its header (an
+    8-byte little-endian length, then that many bytes of JSON whose ``data_offsets`` count from the
+    header's end); a file that does not parse as one is an error naming it."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as h:
+            n = int.from_bytes(h.read(8), "little")
+            if not 2 <= n <= size - 8:
+                raise ValueError(f"header length {n} does not fit a {size}-byte file")
+            header = json.loads(h.read(n))
+        out = {}
+        for k, v in header.items():
+            if k == "__metadata__":
+                continue
+            begin, end = (8 + n + int(o) for o in v["data_offsets"])
+            if not 8 + n <= begin <= end <= size:
+                raise ValueError(f"tensor {k} at bytes {begin}..{end} lies outside the file")
+            out[k] = (tuple(int(d) for d in v["shape"]), str(v["dtype"]), (begin, end))
+        return out
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path} is not a readable safetensors file ({e}): re-download or re-save it") from None
 
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -73,11 +73,16 @@ class Difference:
         return self.a.vocab
 
     def delta(self, name: str) -> torch.Tensor:
+        return self.delta_and_norm(name)[0]
+
+    def delta_and_norm(self, name: str) -> tuple[torch.Tensor, float]:
+        """v for ``name`` and ‖θ_b‖₂ of that tensor (for the manifest), each tensor read once."""
         a, b = self.a.get(name).float(), self.b.get(name).float()
+        norm = float(b.norm())
         if a.shape != b.shape:
             r = min(a.shape[0], b.shape[0])
-            return a[:r] - b[:r]
-        return a.sub_(b)  # a is a fresh tensor (Checkpoint.get): no third buffer
+            return a[:r] - b[:r], norm
+        return a.sub_(b), norm  # a is a fresh tensor (Checkpoint.get): no third buffer
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "a": str(self.a.path), "a_sha256": self.a.sha256, "b": str(self.b.path),

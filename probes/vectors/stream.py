@@ -333,9 +333,9 @@ def extract(a: str | os.PathLike[str], b: str | os.PathLike[str], out: str | os.
             if why:
                 records.append(TensorRecord(name, "skipped", why, 0.0, 0.0))
                 continue
-            v = diff.delta(name)
+            v, b_norm = diff.delta_and_norm(name)
             writer.add(name, v)
-            records.append(TensorRecord(name, "extracted", "", _norm(v), _norm(diff.b.get(name))))
+            records.append(TensorRecord(name, "extracted", "", _norm(v), b_norm))
         writer.close()
         for name in ("config.json", "tokenizer.json"):  # the architecture and the id mapping, checked when applied
             if (diff.a.path / name).is_file():

@@ -407,6 +407,20 @@ def test_pickle_only_directory_is_refused(ckpt, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_damaged_shard_is_named(ckpt, tmp_path):
+    """A shard cut short or with a garbled header is one error naming the file (headers are parsed once, by us)."""
+    import shutil
+
+    for damage in (lambda b: b[: len(b) // 2], lambda b: b[:8] + b"{not json" + b[17:]):
+        bad = tmp_path / "bad"
+        shutil.rmtree(bad, ignore_errors=True)
+        shutil.copytree(ckpt("b"), bad)
+        shard = next(bad.glob("*.safetensors"))
+        shard.write_bytes(damage(shard.read_bytes()))
+        with pytest.raises(ValueError, match=rf"{shard.name} is not a readable safetensors file .*re-save"):
+            Checkpoint(bad)
+
+
 def test_existing_output_needs_overwrite(ckpt, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
