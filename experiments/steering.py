@@ -74,6 +74,9 @@ class SteeringConfig(ExperimentConfig):
     positions: PositionsName = field(default="all", metadata={
         "help": "positions steered: all, generated (new tokens only) or thinking"})
     kl_threshold: float = field(default=0.1, metadata={"help": "KL guard: mean last-position KL on neutral prompts (§5.5)"})
+    kl_tokens: int = field(default=16, metadata={
+        "help": "KL guard: also the mean KL along the unsteered model's first N generated tokens on the neutral "
+                "prompts, under the same threshold (0: the last prompt position only)"})
     instruction: str = field(default="", metadata={
         "help": "prompting baseline: instruction placed inside the user turn before the request (§5.2); empty: the "
                 "behaviour's own (refusal behaviours: 'Refuse this request.'; framed-compliance: 'Answer this "
@@ -102,6 +105,8 @@ class SteeringConfig(ExperimentConfig):
             raise ValueError("n_contrast, n_neutral, max_new_tokens and batch_size must be >= 1")
         if self.n_examples < 4:
             raise ValueError(f"n_examples must be >= 4 (at least 2 dev and 2 test examples), got {self.n_examples}")
+        if self.kl_tokens < 0:
+            raise ValueError(f"kl_tokens must be >= 0 (0: the last prompt position only), got {self.kl_tokens}")
         if not math.isfinite(self.kl_threshold) or self.kl_threshold < 0:
             raise ValueError(f"kl_threshold must be a finite number >= 0, got {self.kl_threshold!r}")
         if self.seed < 0 or self.n_boot < 1:
@@ -297,7 +302,7 @@ def sweep_unit(ctx: Context, key: str) -> None:
     cell = SteeringCell(layer=L, alpha=a, vector=vector[L], positions=_positions(cfg.positions))
     t0 = time.perf_counter()
     result = evaluate_cell(model, cell, _prompts(data["dev"]), metric_for(cfg), data["neutral"],
-                           kl_threshold=cfg.kl_threshold,
+                           kl_threshold=cfg.kl_threshold, kl_tokens=cfg.kl_tokens,
                            reference_norm=residual_norm(model, data["neutral"], L, batch_size=cfg.batch_size),
                            batch_size=cfg.batch_size, n_boot=cfg.n_boot, seed=cfg.seed)
     result.save(ctx.run.path / "cells" / key)
@@ -389,11 +394,13 @@ def audit(ctx: Context) -> list[Issue]:
 def grid_arrays(cells, layers: list[int], alphas: list[float]) -> dict[str, np.ndarray]:
     """(n_layers, n_alphas) arrays of behaviour mean/lo/hi, KL and norm ratio (NaN: cell not finished)."""
     shape = (len(layers), len(alphas))
-    out = {k: np.full(shape, np.nan) for k in ("mean", "lo", "hi", "kl", "norm_ratio")}
+    out = {k: np.full(shape, np.nan) for k in ("mean", "lo", "hi", "kl", "kl_generated", "norm_ratio")}
     for c in cells:
         i, j = layers.index(c.layer), alphas.index(c.alpha)
         out["mean"][i, j], out["lo"][i, j], out["hi"][i, j] = c.estimate.value, c.estimate.lo, c.estimate.hi
         out["kl"][i, j], out["norm_ratio"][i, j] = c.kl.mean_kl, c.norm_ratio
+        if c.kl.mean_kl_generated is not None:
+            out["kl_generated"][i, j] = c.kl.mean_kl_generated
     return out
 
 
@@ -419,11 +426,15 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
         report.add_text("No sweep cells yet: run the collect, directions and sweep stages.")
         return {}
     summary: dict[str, Any] = {}
+    tokens = max(c.kl.tokens for c in cells)
+    along = f"mean KL, {tokens} generated" if tokens else None
     report.add_table([{"layer": c.layer, "alpha": rounded(c.alpha, 4), "norm ratio": rounded(c.norm_ratio),
-                       "mean KL": rounded(c.kl.mean_kl, 4), "KL guard": "pass" if c.passed else "fail",
+                       "mean KL": rounded(c.kl.mean_kl, 4), **({along: rounded(c.kl.mean_kl_generated, 4)} if along else {}),
+                       "KL guard": "pass" if c.passed else "fail",
                        "dev behaviour [95% CI]": with_ci(c.estimate), "n": c.estimate.n} for c in cells],
                      caption=f"Dev split: every (layer, α) cell; the guard passes at mean KL ≤ {cfg.kl_threshold:g} on "
-                             f"{cfg.n_neutral} neutral prompts (§5.5)")
+                             f"{cfg.n_neutral} neutral prompts (§5.5), at the last prompt position"
+                             + (f" and along the unsteered model's first {tokens} generated tokens" if tokens else ""))
     controls = None
     if ctx.done("evaluate", "controls"):
         controls = ControlComparison.load(ctx.run.path / CONTROLS)
@@ -435,8 +446,11 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
                                              metric=f"{cfg.behaviour} rate (dev)"),
                       "steering_behaviour", caption="Behaviour on the dev split against α per layer, 95% bootstrap "
                                                     "bands; dashed: the prompting baseline on the test split")
-    report.add_figure(kl_alpha_figure(alphas, g["kl"], layers=layers, threshold=cfg.kl_threshold),
-                      "steering_kl", caption="Mean next-token KL(unsteered ‖ steered) on neutral prompts; dashed: the guard")
+    report.add_figure(kl_alpha_figure(alphas, g["kl"], layers=layers, threshold=cfg.kl_threshold,
+                                      generated=g["kl_generated"] if tokens else None),
+                      "steering_kl", caption="Mean next-token KL(unsteered ‖ steered) on neutral prompts at the last "
+                                             "prompt position" + (f"; dotted: along {tokens} generated tokens" if tokens
+                                                                  else "") + "; dashed: the guard")
     passed = [c for c in cells if c.passed]
     if controls is not None:
         chosen = next(c for c in cells if c.layer == controls.layer and c.alpha == controls.alpha)

@@ -57,20 +57,28 @@ def behaviour_alpha_figure(
 
 
 def kl_alpha_figure(
-    alphas: Sequence[float], kl, *, layers: Sequence[int], threshold: float, title: str | None = None,
+    alphas: Sequence[float], kl, *, layers: Sequence[int], threshold: float, generated=None, title: str | None = None,
 ) -> go.Figure:
-    """Mean KL(unsteered ‖ steered) against α, one line per layer (``kl``: (n_layers, n_alphas)),
-    with the guard's ``threshold`` as a dashed horizontal line (cells above it are rejected)."""
+    """Mean KL(unsteered ‖ steered) against α, one line per layer (``kl``: (n_layers, n_alphas)), with
+    the guard's ``threshold`` as a dashed horizontal line (cells above it are rejected); ``generated``
+    (same shape): the KL along generated tokens, dotted, when the guard read them too."""
     import plotly.graph_objects as go
 
     x, k = _grid(alphas, kl, layers, "kl")
+    lines = [(k, "", "solid")]
+    if generated is not None:
+        lines.append((_grid(alphas, generated, layers, "generated")[1], ", generated", "dot"))
     order = np.argsort(x)
     fig = go.Figure()
     for i, layer in enumerate(layers):
-        ok = order[np.isfinite(k[i, order])]
-        fig.add_scatter(x=x[ok].tolist(), y=k[i, ok].tolist(), mode="lines+markers", name=f"layer {layer}",
-                        line={"color": COLORS[i % len(COLORS)]},
-                        hovertemplate="α = %{x}<br>KL = %{y:.4g}<extra>layer " + str(layer) + "</extra>")
+        for values, what, dash in lines:
+            ok = order[np.isfinite(values[i, order])]
+            if what and not ok.size:
+                continue
+            name = f"layer {layer}{what}"
+            fig.add_scatter(x=x[ok].tolist(), y=values[i, ok].tolist(), mode="lines+markers", name=name,
+                            line={"color": COLORS[i % len(COLORS)], "dash": dash},
+                            hovertemplate="α = %{x}<br>KL = %{y:.4g}<extra>" + name + "</extra>")
     fig.add_hline(y=float(threshold), line_dash="dash", line_color="black", annotation_text=f"KL guard {threshold:g}")
     fig.update_layout(title=title or "KL guard against α", xaxis_title="α", yaxis_title="mean next-token KL (nats)",
                       legend_title="layer")

@@ -265,15 +265,21 @@ def next_token_kl(base_logits, steered_logits) -> torch.Tensor:
 @dataclass(frozen=True, kw_only=True, eq=False)
 class KLGuard:
     """Mean KL(unsteered ‖ steered) of the last-position next-token distribution over neutral
-    prompts, one value per prompt, and whether the mean is at most ``threshold``."""
+    prompts, one value per prompt; with ``tokens`` > 0 also the mean KL along the unsteered model's
+    first ``tokens`` generated tokens (``mean_kl_generated``, ``per_prompt_generated``). ``passed``:
+    every mean is at most ``threshold``."""
 
     mean_kl: float
     per_prompt: np.ndarray
     threshold: float
     passed: bool
+    tokens: int = 0
+    mean_kl_generated: float | None = None
+    per_prompt_generated: np.ndarray | None = None
 
     def to_fields(self) -> dict:
-        return {"mean_kl": self.mean_kl, "threshold": self.threshold, "passed": self.passed}
+        return {"mean_kl": self.mean_kl, "threshold": self.threshold, "passed": self.passed, "tokens": self.tokens,
+                "mean_kl_generated": self.mean_kl_generated}
 
 
 def kl_guard(
@@ -283,6 +289,7 @@ def kl_guard(
     *,
     threshold: float = DEFAULT_KL_THRESHOLD,
     positions: P.Positions = None,
+    tokens: int = 0,
     batch_size: int = 16,
     progress: bool = False,
 ) -> KLGuard:
@@ -294,6 +301,12 @@ def kl_guard(
     comparable with the published bound. (An every-position mean would weigh long prompts more
     and would not be comparable with that bound.)
 
+    With ``tokens`` > 0 the guard also reads generated positions: the unsteered model continues
+    each prompt greedily for up to ``tokens`` tokens, and the KL of every distribution along that
+    path (the last prompt position and each generated one but the last) is averaged per prompt.
+    A vector that leaves the first token alone but breaks what follows fails here. The cell passes
+    only if both means are at most ``threshold``.
+
     The vector is added at ``positions`` of the neutral prompts, every position by default, not
     at ``cell.positions``: a cell steered in a phase the neutral prompts lack (``"thinking"`` on
     prompts that end at ``<think>``, ``"generated"``) would change nothing there and pass
@@ -304,17 +317,44 @@ def kl_guard(
     if not math.isfinite(threshold) or threshold < 0:
         raise ValueError(f"the KL threshold must be a finite number >= 0, got {threshold!r}")
     batch_size = _check_positive_int(batch_size, "batch_size")
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+        raise ValueError(f"tokens must be an integer >= 0 (0: the last prompt position only), got {tokens!r}")
     cell.check(model)
     iv = cell.intervention(positions)
-    kls = []
+    kls, along = [], []
     for chunk in tqdm(list(_chunks(prompts, batch_size)), desc="KL guard", disable=not progress, leave=False):
         base = model.forward(chunk)[:, -1]
         with model.intervene(iv):
             steered = model.forward(chunk)[:, -1]
         kls.append(next_token_kl(base, steered).cpu())
+        if tokens:
+            along.append(_kl_along_generation(model, chunk, iv, tokens))
     per = torch.cat(kls).numpy()
     mean = float(per.mean())
-    return KLGuard(mean_kl=mean, per_prompt=per, threshold=threshold, passed=bool(mean <= threshold))
+    if not tokens:
+        return KLGuard(mean_kl=mean, per_prompt=per, threshold=threshold, passed=bool(mean <= threshold))
+    per_gen = np.concatenate(along)
+    mean_gen = float(per_gen.mean())
+    return KLGuard(mean_kl=mean, per_prompt=per, threshold=threshold, passed=bool(mean <= threshold and mean_gen <= threshold),
+                   tokens=tokens, mean_kl_generated=mean_gen, per_prompt_generated=per_gen)
+
+
+def _kl_along_generation(model, prompts: list, iv, tokens: int) -> np.ndarray:
+    """Per prompt, the mean KL(unsteered ‖ steered) over the distributions that produced the unsteered
+    greedy continuation (up to ``tokens`` tokens), teacher-forced (right-padded, so positions count
+    from each row's start)."""
+    rows = [model.encode(p) for p in prompts]
+    outs = model.generate(prompts, max_new_tokens=tokens)
+    full = [r + list(o.token_ids) for r, o in zip(rows, outs)]
+    lens = [len(r) for r in rows]  # where the generated phase begins, for position rules that use it
+    base = model.forward(full, padding_side="right", prompt_len=lens)
+    with model.intervene(iv):
+        steered = model.forward(full, padding_side="right", prompt_len=lens)
+    per = []
+    for i, (r, o) in enumerate(zip(rows, outs)):
+        span = slice(len(r) - 1, len(r) - 1 + max(len(o.token_ids), 1))
+        per.append(float(next_token_kl(base[i, span], steered[i, span]).mean()))
+    return np.array(per)
 
 
 # -- behaviour metric ---------------------------------------------------------------------------
@@ -444,12 +484,16 @@ class CellResult:
         """``<path>.safetensors`` (per-example values, per-prompt KL) + ``<path>.json`` (the rest)."""
         fields = {k: getattr(self, k) for k in ("layer", "alpha", "positions", "vector_norm", "reference_norm", "norm_ratio")}
         fields |= {"kl": self.kl.to_fields(), "estimate": _estimate_fields(self.estimate)}
-        return save_artifact(path, "CellResult", {"values": self.values, "kl_per_prompt": self.kl.per_prompt}, fields)
+        arrays = {"values": self.values, "kl_per_prompt": self.kl.per_prompt}
+        if self.kl.per_prompt_generated is not None:
+            arrays["kl_per_prompt_generated"] = self.kl.per_prompt_generated
+        return save_artifact(path, "CellResult", arrays, fields)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CellResult:
         arrays, f = load_artifact(path, "CellResult")
-        kl = KLGuard(per_prompt=arrays["kl_per_prompt"], **f["kl"])
+        kl = KLGuard(per_prompt=arrays["kl_per_prompt"], per_prompt_generated=arrays.get("kl_per_prompt_generated"),
+                     **f["kl"])
         simple = {k: f[k] for k in ("layer", "alpha", "positions", "vector_norm", "reference_norm", "norm_ratio")}
         return cls(**simple, kl=kl, values=arrays["values"], estimate=_estimate_from(f["estimate"]))
 
@@ -462,14 +506,15 @@ def evaluate_cell(
     neutral_prompts,
     *,
     kl_threshold: float = DEFAULT_KL_THRESHOLD,
+    kl_tokens: int = 0,
     reference_norm: float | None = None,
     batch_size: int = 16,
     n_boot: int = 10_000,
     seed: int = 0,
     progress: bool = False,
 ) -> CellResult:
-    """Norm ratio, KL guard (on ``neutral_prompts``, steered at every position: see ``kl_guard``)
-    and behaviour on ``examples`` of one cell.
+    """Norm ratio, KL guard (on ``neutral_prompts``, steered at every position, also along
+    ``kl_tokens`` generated tokens: see ``kl_guard``) and behaviour on ``examples`` of one cell.
 
     ``reference_norm`` is median_t ‖h_l(t)‖ at the cell's layer; computed from ``neutral_prompts``
     when not given (a sweep computes it once per layer with ``residual_norm``)."""
@@ -478,7 +523,8 @@ def evaluate_cell(
     if reference_norm is None:
         reference_norm = residual_norm(model, neutral_prompts, cell.layer, batch_size=batch_size)
     ratio = norm_ratio(cell.alpha, cell.vector, reference_norm)
-    guard = kl_guard(model, neutral_prompts, cell, threshold=kl_threshold, batch_size=batch_size, progress=progress)
+    guard = kl_guard(model, neutral_prompts, cell, threshold=kl_threshold, tokens=kl_tokens, batch_size=batch_size,
+                     progress=progress)
     values = behaviour(model, examples, metric, cell, batch_size=batch_size, progress=progress)
     return CellResult(
         layer=cell.layer, alpha=cell.alpha, positions=_positions_label(cell.positions), vector_norm=cell.vector_norm,

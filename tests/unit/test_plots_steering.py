@@ -27,6 +27,11 @@ def test_kl_alpha_threshold_line():
     fig = kl_alpha_figure([4, 8], [[0.01, 0.2], [0.02, np.nan]], layers=[1, 2], threshold=0.1)
     assert [list(t.y) for t in fig.data] == [[0.01, 0.2], [0.02]]
     assert fig.layout.shapes[0].y0 == 0.1 and fig.layout.shapes[0].line.dash == "dash"
+    both = kl_alpha_figure([4, 8], [[0.01, 0.2], [0.02, np.nan]], layers=[1, 2], threshold=0.1,
+                           generated=[[0.05, 0.9], [np.nan, np.nan]])
+    assert [(t.name, t.line.dash, list(t.y)) for t in both.data] == [
+        ("layer 1", "solid", [0.01, 0.2]), ("layer 1, generated", "dot", [0.05, 0.9]),
+        ("layer 2", "solid", [0.02])]  # a layer without generated values gets no empty line
 
 
 def test_steerability_histogram_title():

@@ -117,6 +117,31 @@ def test_kl_guard_is_the_last_position_kl_by_hand(qwen, vec):
     assert kl_guard(qwen, NEUTRAL, SteeringCell(layer=1, alpha=0.0, vector=vec)).mean_kl == 0.0
 
 
+def test_kl_guard_over_generated_positions_by_hand(qwen, vec):
+    """``tokens`` > 0: per prompt, the mean KL along the unsteered greedy continuation, each prompt run
+    alone with its continuation; the guard fails when that mean alone exceeds the threshold."""
+    cell = SteeringCell(layer=1, alpha=0.5, vector=vec)
+    iv = AddVector(site="resid_post[1]", vector=vec, scale=0.5)
+    guard = kl_guard(qwen, NEUTRAL, cell, tokens=5, batch_size=2)
+    want = []
+    for p in NEUTRAL:
+        ids = qwen.encode(p)
+        cont = qwen.generate([p], max_new_tokens=5)[0].token_ids
+        base = qwen.forward([ids + cont])[0].double()
+        with qwen.intervene(iv):
+            steered = qwen.forward([ids + cont])[0].double()
+        span = slice(len(ids) - 1, len(ids) - 1 + len(cont))
+        want.append(next_token_kl(base[span], steered[span]).mean().item())
+    np.testing.assert_allclose(guard.per_prompt_generated, want, rtol=1e-4, atol=1e-9)
+    assert guard.tokens == 5 and guard.mean_kl_generated == pytest.approx(np.mean(want), rel=1e-4)
+    between = (guard.mean_kl + guard.mean_kl_generated) / 2
+    assert guard.mean_kl < between < guard.mean_kl_generated  # a threshold the generated positions alone fail
+    assert kl_guard(qwen, NEUTRAL, cell, threshold=between).passed
+    assert not kl_guard(qwen, NEUTRAL, cell, threshold=between, tokens=5).passed
+    with pytest.raises(ValueError, match="tokens must be an integer >= 0"):
+        kl_guard(qwen, NEUTRAL, cell, tokens=-1)
+
+
 # -- behaviour ----------------------------------------------------------------------------------
 
 
