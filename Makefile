@@ -25,8 +25,10 @@ chromium:
 demo: setup
 	$(VENV)/bin/probes demo
 
+# -n auto: one worker per core (pytest-xdist); --dist loadfile keeps each file's module fixtures (servers, runs)
+# in one worker; --durations lists the slowest tests, to keep the suite inside CI's 15 minutes.
 test: setup
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n auto --dist loadfile --durations=15
 
 # ruff, and import-linter's layer contract (pyproject.toml): a method package importing upward fails
 lint: setup
