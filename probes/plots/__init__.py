@@ -27,12 +27,18 @@ from probes.plots.refusal import (
     truncation_figure,
 )
 from probes.plots.report import Report
-from probes.plots.steering import behaviour_alpha_figure, kl_alpha_figure, steerability_histogram
+from probes.plots.steering import (
+    behaviour_alpha_figure,
+    efficiency_tradeoff_figure,
+    kl_alpha_figure,
+    steerability_histogram,
+)
 from probes.plots.vectors import alpha_curve_figure, condition_accuracy_figure, delta_profile_figure
 from probes.plots.viewer import write_steered_text, write_trace_viewer
 
 __all__ = [
-    "FORMATS", "Report", "attention_heatmap", "behaviour_alpha_figure", "category_means_figure", "find_browser", "importance_bars",
+    "FORMATS", "Report", "attention_heatmap", "behaviour_alpha_figure", "category_means_figure", "efficiency_tradeoff_figure",
+    "find_browser", "importance_bars",
     "kl_alpha_figure", "kurtosis_heatmap", "logit_lens_figure", "save_figure", "sentence_matrix_heatmap", "show_figure", "steerability_histogram",
     "suppression_heatmap",
     "ablation_figure", "direction_rates_figure", "head_heatmap", "pareto_figure", "probe_layers_figure", "selection_figure",

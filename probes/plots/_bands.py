@@ -1,4 +1,4 @@
-"""Colours and 95%-interval bands shared by the curve figures (steering, refusal, experts, task vectors)."""
+"""Colours, 95%-interval bands and error bars shared by the figures (steering, refusal, experts, task vectors)."""
 
 from __future__ import annotations
 
@@ -23,3 +23,11 @@ def add_band(fig, x, lo, hi, *, color: str, name: str, opacity: float = 0.2) -> 
     xs = x[ok].tolist()
     fig.add_scatter(x=xs + xs[::-1], y=hi[ok].tolist() + lo[ok].tolist()[::-1], fill="toself", mode="lines",
                     fillcolor=rgba(color, opacity), line={"width": 0}, hoverinfo="skip", showlegend=False, name=name)
+
+
+def error_bars(rows) -> dict:
+    """Asymmetric plotly error bars from (value, lo, hi) rows; a NaN bound draws no bar on that side."""
+    rows = np.asarray(rows, dtype=float)
+    up = np.nan_to_num(np.maximum(rows[:, 2] - rows[:, 0], 0.0), nan=0.0)
+    down = np.nan_to_num(np.maximum(rows[:, 0] - rows[:, 1], 0.0), nan=0.0)
+    return {"type": "data", "symmetric": False, "array": up.tolist(), "arrayminus": down.tolist()}

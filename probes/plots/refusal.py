@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from probes.plots._arrays import to_numpy
-from probes.plots._bands import COLORS, add_band, rgba
+from probes.plots._bands import COLORS, add_band, error_bars, rgba
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -58,13 +58,6 @@ def _intervals(values: Sequence[Any], n: int, what: str) -> np.ndarray:
     return a
 
 
-def _error_y(a: np.ndarray) -> dict[str, Any]:
-    """Asymmetric error bars from (value, lo, hi) rows; a NaN bound draws no bar on that side."""
-    up = np.nan_to_num(np.maximum(a[:, 2] - a[:, 0], 0.0), nan=0.0)
-    down = np.nan_to_num(np.maximum(a[:, 0] - a[:, 1], 0.0), nan=0.0)
-    return {"type": "data", "symmetric": False, "array": up.tolist(), "arrayminus": down.tolist()}
-
-
 def _ci_text(a: np.ndarray) -> list[str]:
     """Per-point interval for hover, rounded as the values are ("" where a bound is missing)."""
     return [f"[{lo:.3f}, {hi:.3f}]" if math.isfinite(lo) and math.isfinite(hi) else "" for lo, hi in a[:, 1:]]
@@ -78,7 +71,7 @@ def _series(x: np.ndarray, a: np.ndarray, *, name: str, color: str, hover: str) 
     """Arguments of one scatter with error bars: the points of `a` with a finite value, sorted by x."""
     keep = np.argsort(x, kind="stable")
     keep = keep[np.isfinite(a[keep, 0])]
-    return {"x": x[keep].tolist(), "y": a[keep, 0].tolist(), "error_y": _error_y(a[keep]),
+    return {"x": x[keep].tolist(), "y": a[keep, 0].tolist(), "error_y": error_bars(a[keep]),
             "customdata": _ci_text(a[keep]), "mode": "lines+markers", "name": name, "line": {"color": color},
             "hovertemplate": hover + "<extra>" + html.escape(name) + "</extra>"}
 
@@ -141,7 +134,7 @@ def probe_layers_figure(
     if ood is not None:
         a = _intervals(ood, len(names), "ood")
         ok = np.isfinite(a[:, 0])
-        fig.add_scatter(x=[n for n, k in zip(names, ok) if k], y=a[ok, 0].tolist(), error_y=_error_y(a[ok]),
+        fig.add_scatter(x=[n for n, k in zip(names, ok) if k], y=a[ok, 0].tolist(), error_y=error_bars(a[ok]),
                         customdata=_ci_text(a[ok]), mode="markers", name="out of distribution",
                         marker={"color": _color(1), "size": 9},
                         hovertemplate="%{x}<br>" + _ci_hover("accuracy") + "<extra>out of distribution</extra>")
@@ -307,7 +300,7 @@ def direction_rates_figure(rows: Sequence[Mapping[str, Any]], *, title: str | No
         ok = np.isfinite(a[:, 0])
         if not ok.any():
             continue
-        fig.add_bar(x=[p for p, k in zip(xs, ok) if k], y=a[ok, 0].tolist(), error_y=_error_y(a[ok]),
+        fig.add_bar(x=[p for p, k in zip(xs, ok) if k], y=a[ok, 0].tolist(), error_y=error_bars(a[ok]),
                     customdata=_ci_text(a[ok]), name=condition, marker_color=_color(i),
                     hovertemplate="%{x}<br>" + _ci_hover("refusal rate") + "<extra>" + html.escape(condition)
                     + "</extra>")

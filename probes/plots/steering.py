@@ -1,21 +1,22 @@
 """Steering figures (``reference/steering.md`` §5): behaviour against α per layer with 95% bands
-and the prompting baseline, KL against α per layer with the guard's threshold, and the histogram
-of per-example steerability slopes. Builders take saved arrays only."""
+and the prompting baseline, KL against α per layer with the guard's threshold, the histogram of
+per-example steerability slopes, and accuracy against thinking length for efficiency steering
+(§5.7). Builders take saved arrays only."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from probes.plots._arrays import to_numpy
-from probes.plots._bands import COLORS, add_band
+from probes.plots._bands import COLORS, add_band, error_bars
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-__all__ = ["behaviour_alpha_figure", "kl_alpha_figure", "steerability_histogram"]
+__all__ = ["behaviour_alpha_figure", "efficiency_tradeoff_figure", "kl_alpha_figure", "steerability_histogram"]
 
 def _grid(alphas: Sequence[float], values, layers: Sequence[int], what: str) -> tuple[np.ndarray, np.ndarray]:
     x = to_numpy(alphas).astype(float)
@@ -101,3 +102,32 @@ def steerability_histogram(
     fig.update_layout(title=f"{head} (anti-steerable fraction {anti_steerable_fraction:.2f}, n = {s.size})",
                       xaxis_title="slope of the metric against α", yaxis_title="examples", bargap=0.05)
     return fig
+
+
+def efficiency_tradeoff_figure(series: Mapping[str, tuple], *, title: str | None = None) -> go.Figure:
+    """Accuracy against mean thinking tokens, one line per direction through its α grid (§5.7):
+    ``series[label] = (alphas, accuracy, tokens)`` with ``accuracy`` and ``tokens`` as (n_alphas, 3)
+    rows of (value, lo, hi); each point is labelled with its α and carries both 95% intervals."""
+    import plotly.graph_objects as go
+
+    if not series:
+        raise ValueError("no series to draw: give {label: (alphas, accuracy rows, thinking-token rows)}")
+    fig = go.Figure()
+    for i, (label, (alphas, acc, tokens)) in enumerate(series.items()):
+        a = to_numpy(alphas).astype(float).ravel()
+        acc, tok = to_numpy(acc).reshape(-1, 3), to_numpy(tokens).reshape(-1, 3)
+        if not (len(a) == len(acc) == len(tok)) or not len(a):
+            raise ValueError(f"{label}: give one (value, lo, hi) row of accuracy and of thinking tokens per α "
+                             f"(got {len(a)} alphas, {len(acc)} and {len(tok)} rows)")
+        order = np.argsort(a)
+        a, acc, tok = a[order], acc[order], tok[order]
+        fig.add_scatter(
+            x=tok[:, 0].tolist(), y=acc[:, 0].tolist(), mode="lines+markers+text", name=label,
+            text=[f"α={x:g}" for x in a], textposition="top center",
+            line={"color": COLORS[i % len(COLORS)], "dash": "solid" if i % 2 == 0 else "dot"},
+            error_x=error_bars(tok), error_y=error_bars(acc),
+            hovertemplate="%{text}<br>thinking tokens = %{x:.1f}<br>accuracy = %{y:.3f}<extra>" + label + "</extra>")
+    fig.update_layout(title=title or "Efficiency steering: accuracy against thinking length",
+                      xaxis_title="mean thinking tokens", yaxis_title="accuracy", legend_title="direction")
+    return fig
+

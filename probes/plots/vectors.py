@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from probes.plots._arrays import to_numpy
-from probes.plots._bands import COLORS, GREY, add_band
-from probes.plots.refusal import _error_y, _intervals
+from probes.plots._bands import COLORS, GREY, add_band, error_bars
+from probes.plots.refusal import _intervals
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -65,7 +65,7 @@ def condition_accuracy_figure(
     if baseline is not None and baseline not in conds:
         raise ValueError(f"baseline {baseline!r} is not one of the conditions {conds}")
     ci = [f"[{lo:.3f}, {hi:.3f}]" if math.isfinite(lo) and math.isfinite(hi) else "" for lo, hi in a[:, 1:]]
-    fig = go.Figure(go.Bar(x=conds, y=a[:, 0].tolist(), error_y=_error_y(a), name="accuracy",
+    fig = go.Figure(go.Bar(x=conds, y=a[:, 0].tolist(), error_y=error_bars(a), name="accuracy",
                            marker_color=[GREY if c == baseline else COLORS[0] for c in conds],
                            text=[f"n = {k}" for k in n], textposition="inside", insidetextanchor="start",
                            customdata=list(zip(ci, n)),
@@ -201,7 +201,7 @@ def alpha_curve_figure(
                     hovertemplate="α = %{x:g}<br>" + esc + " = %{y:.3f}<extra>task vector</extra>")
     if random is not None:
         r = np.array([_reference(random, "random")])
-        fig.add_scatter(x=[1.0], y=[float(r[0, 0])], error_y=_error_y(r), mode="markers",
+        fig.add_scatter(x=[1.0], y=[float(r[0, 0])], error_y=error_bars(r), mode="markers",
                         name="norm-matched random vector (α = 1)",
                         marker={"symbol": "x", "size": 11, "color": COLORS[1]},
                         hovertemplate="α = 1<br>" + esc + " = %{y:.3f}<extra>random vector</extra>")
