@@ -97,6 +97,7 @@ _EXPORTS = {
     "fit_category_classifier": "hybrid",
     "CategoryVectors": "hybrid",
     "fit_category_vectors": "hybrid",
+    "fit_optimised_category_vectors": "hybrid",
     "hybrid_generate": "hybrid",
     "HybridTrace": "hybrid",
     "Baselines": "hybrid",

@@ -28,8 +28,9 @@ How this differs from the released loop, and why:
 * **Categories and vectors.** The thought-anchors taxonomy labels of the thinking model's sentences
   stand in for the Top-K SAE: a nearest-centroid classifier on the thinking model's residual,
   centred and L2-normalised as the released code normalises before its SAE. The vectors are
-  differences in means of the base model's residual (``fit_category_vectors``) instead of
-  optimised vectors.
+  differences in means of the base model's residual (``fit_category_vectors``), or optimised as the
+  released ones are (``fit_optimised_category_vectors``: a bias, then one vector per category, by
+  gradient descent on the thinking model's sentences).
 * **Coefficients**: the released default grid {0.5, 0.6, 0.7, 0.8, 0.9, 1.0} (``COEFFICIENTS``).
 * **One vocabulary.** Tokens pass between the models as ids (the released loop decodes and
   re-encodes strings), so both models must share a tokenizer. Decoding is greedy.
@@ -362,6 +363,44 @@ def fit_category_vectors(base, thinking_traces: Sequence[LabelledTrace], base_tr
     bias = (w[:, None] * D).sum(0) / w.sum()
     return CategoryVectors(layer=layer, categories=tuple(categories), vectors=(D - bias).float(), bias=bias.float(),
                            method=f"diff_in_means ({contrast})", counts=tuple(n))
+
+
+def fit_optimised_category_vectors(base, thinking_traces: Sequence[LabelledTrace], layer: int,
+                                   categories: Sequence[str], *, steps: int = 30, lr: float = 0.1,
+                                   batch_size: int = 8, progress: bool = True) -> CategoryVectors:
+    """Optimised steering vectors in the BASE model's ``resid_post[layer]`` (§1 "Optimised vectors",
+    the released ``train-vectors/optimize_steering_vectors.py``): each learned by Adam (``lr``, ``steps``
+    full-batch steps, ``optimise_vector``) to raise the base model's likelihood of the thinking model's
+    sentences given their preceding context, the vector added over the sentence's positions (the
+    ``generated`` phase, as the released code steers from the target's first token).
+
+    The bias is learned on every sentence; then, per category k, d_k is learned on k's sentences
+    starting from the bias (the released code trains v_k with the bias added as a fixed vector; this
+    learns their sum) and v_k = d_k − bias, so a step of category k adds c·d_k as with
+    ``fit_category_vectors``. Zero-initialised bias, so its first loss is the unsteered one."""
+    from probes.steering.directions import optimise_vector
+
+    layer = base.check_layer(layer, "the steering layer")
+    pairs: dict[str, list[tuple[str, str]]] = {}
+    for tr in thinking_traces:
+        for start, end, cat in tr.sentences:
+            if tr.completion[start:end].strip():
+                pairs.setdefault(cat, []).append((tr.prompt + tr.completion[:start], tr.completion[start:end]))
+    missing = [c for c in categories if c not in pairs]
+    if missing:
+        raise ValueError(f"the thinking traces have no sentences of {missing}: fit on more traces, or pass the "
+                         f"classifier's categories (those it was fitted on)")
+
+    def learn(examples: list[tuple[str, str]], init: torch.Tensor | None) -> torch.Tensor:
+        contexts, targets = zip(*examples)
+        out = optimise_vector(base, list(contexts), list(targets), layer, steps=steps, lr=lr, positions="generated",
+                              init=init, batch_size=batch_size, progress=progress)
+        return out.vector[layer].detach().float().cpu()
+
+    bias = learn([p for c in categories for p in pairs[c]], None)
+    D = torch.stack([learn(pairs[c], bias) for c in tqdm(categories, desc="optimised vectors", disable=not progress)])
+    return CategoryVectors(layer=layer, categories=tuple(categories), vectors=D - bias, bias=bias,
+                           method=f"optimised (steps={steps}, lr={lr:g})", counts=tuple(len(pairs[c]) for c in categories))
 
 
 # ----- the decoding loop -------------------------------------------------------------------------

@@ -91,6 +91,7 @@ def main(argv=None) -> None:
         evaluate_hybrid,
         fit_category_classifier,
         fit_category_vectors,
+        fit_optimised_category_vectors,
         greedy_baselines,
         hybrid_ablations,
     )
@@ -103,6 +104,10 @@ def main(argv=None) -> None:
     ap.add_argument("--dev", type=int, default=50, help="dev problems (training stream from index 1000)")
     ap.add_argument("--layers", type=int, nargs="+", default=[0, 1, 2, 3], help="steering layers swept on dev")
     ap.add_argument("--scales", type=float, nargs="+", default=[1.0, 2.0], help="vector strengths swept on dev")
+    ap.add_argument("--methods", nargs="+", default=["all", "same_category", "optimised"],
+                    choices=["all", "same_category", "optimised"],
+                    help="vectors: difference in means against all / same-category base sentences, or optimised")
+    ap.add_argument("--steps", type=int, default=30, help="Adam steps of each optimised vector (lr 0.1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="directory for the HybridResult artifacts and summary")
     args = ap.parse_args(argv)
@@ -124,10 +129,12 @@ def main(argv=None) -> None:
     dev_golds = [p.gold for p in dev]
     dev_bl = greedy_baselines(base, thinking, dev_prompts, dev_golds, progress=False)
     sweep = {}
-    print("\n| dev: steer layer | contrast | scale | accuracy | gap recovered | share steered |\n|---|---|---|---|---|---|")
+    print("\n| dev: steer layer | vectors | scale | accuracy | gap recovered | share steered |\n|---|---|---|---|---|---|")
     for L in args.layers:
-        for contrast in ("all", "same_category"):
-            vec = fit_category_vectors(base, think_tr, base_tr, L, clf.categories, contrast=contrast, progress=False)
+        for contrast in args.methods:
+            vec = (fit_optimised_category_vectors(base, think_tr, L, clf.categories, steps=args.steps, progress=False)
+                   if contrast == "optimised" else
+                   fit_category_vectors(base, think_tr, base_tr, L, clf.categories, contrast=contrast, progress=False))
             for k in args.scales:
                 r = evaluate_hybrid(base, thinking, clf, vec.scaled(k), dev_prompts, dev_golds, baselines=dev_bl,
                                     progress=False)
@@ -139,7 +146,7 @@ def main(argv=None) -> None:
     vec = sweep[best][1].scaled(k)
     print(f"\ndev base {dev_bl.base_correct.count(True) / args.dev:.1%}, thinking "
           f"{dev_bl.thinking_correct.count(True) / args.dev:.1%}; chosen: classifier layer {cl}, steer layer {L}, "
-          f"contrast {contrast}, scale {k:g} (‖bias + v‖: "
+          f"vectors {contrast}, scale {k:g} (‖bias + v‖: "
           + ", ".join(f"{c} {float(vec.steering(c).norm()):.1f}" for c in clf.categories) + ")")
     test = heldout_problems(args.n)
     prompts = [thinking.render_chat(p.prompt) for p in test]

@@ -22,6 +22,7 @@ from probes.steering.hybrid import (
     evaluate_hybrid,
     fit_category_classifier,
     fit_category_vectors,
+    fit_optimised_category_vectors,
     hybrid_ablations,
     hybrid_generate,
     taxonomy_labeller,
@@ -307,6 +308,32 @@ def test_fit_vectors_by_hand(pair):
         assert vec.counts == (n["compute"], n["plan"]) and vec.layer == 0
     with pytest.raises(ValueError, match="no sentences of"):
         fit_category_vectors(base, think_traces, base_traces, 0, ("compute", "self_checking"), progress=False)
+
+
+def test_fit_optimised_vectors_by_hand(pair):
+    """Optimised vectors (§1, the released training): the bias is optimise_vector on every sentence from
+    zeros, d_c is optimise_vector on c's sentences from the bias (both over the sentence positions), and
+    bias + v_c = d_c; each lowers its sentences' NLL under the base model."""
+    from probes.steering.directions import optimise_vector, target_nll
+
+    base, _ = pair
+    traces, cats = _stub_traces(), ("compute", "plan")
+    pairs = {c: [(tr.prompt + tr.completion[:s], tr.completion[s:e]) for tr in traces for s, e, k in tr.sentences
+                 if k == c] for c in cats}
+    kw = dict(steps=4, lr=0.1, positions="generated", batch_size=3)
+    vec = fit_optimised_category_vectors(base, traces, 0, cats, steps=4, lr=0.1, batch_size=3, progress=False)
+    every = [p for c in cats for p in pairs[c]]
+    bias = optimise_vector(base, [c for c, _ in every], [t for _, t in every], 0, **kw).vector[0]
+    torch.testing.assert_close(vec.bias, bias.float().cpu())
+    for c in cats:
+        ctx, tgt = [a for a, _ in pairs[c]], [b for _, b in pairs[c]]
+        d = optimise_vector(base, ctx, tgt, 0, init=bias, **kw).vector[0]
+        torch.testing.assert_close(vec.steering(c), d.float().cpu(), atol=1e-5, rtol=1e-5)
+        unsteered = target_nll(base, ctx, tgt, layer=0)
+        assert target_nll(base, ctx, tgt, vec.steering(c), layer=0, positions="generated") < unsteered
+    assert vec.counts == (len(pairs["compute"]), len(pairs["plan"])) and vec.method.startswith("optimised")
+    with pytest.raises(ValueError, match="no sentences of"):
+        fit_optimised_category_vectors(base, traces, 0, ("compute", "self_checking"), progress=False)
 
 
 def test_taxonomy_labeller_uses_the_anchors_taxonomy():
