@@ -109,7 +109,7 @@ def _vectors_apply(args) -> int:
                                                                      common_rows=policy.vocab == "common-rows")
     if args.random_seed is not None:
         source = RandomLike(source, args.random_seed)
-    term = Term(source, alpha=args.alpha, alphas=_regex_alphas(args.module_alpha), mask=args.mask)
+    term = Term(source, alpha=args.alpha, alphas=_regex_alphas(args.module_alpha), mask=args.mask, density=args.density)
     m = merge(args.target, [term], args.out, policy=policy, dtype=args.dtype, shard_bytes=args.shard_size,
               overwrite=args.overwrite, progress=True)
     print(m.summary())
@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--alpha", type=float, default=1.0, help="α (−1: the negated vector)")
     ap.add_argument("--module-alpha", nargs="*", default=[], help="per-module α as REGEX=ALPHA (first match wins)")
     ap.add_argument("--mask", help="only tensors matching this regex take the vector")
+    ap.add_argument("--density", type=float, default=1.0,
+                    help="magnitude mask: keep only this share of each tensor's largest |v| entries (1: all)")
     ap.add_argument("--random-seed", type=int, help="apply the norm-matched random control of the vector instead")
     ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="output dtype (default: the target's)")
     ap.add_argument("--out", required=True, help="output directory of the merged checkpoint")

@@ -21,7 +21,7 @@ _MODULES = {
     "manifest": ("Manifest", "TensorRecord"),
     "policy": ("Policy", "layer_of", "module_type"),
     "sources": ("Difference", "RandomLike", "SavedVector", "norm_matched_noise"),
-    "stream": ("SHARD_BYTES", "ShardWriter", "Term", "extract", "merge", "plan"),
+    "stream": ("SHARD_BYTES", "ShardWriter", "Term", "extract", "magnitude_mask", "merge", "plan"),
     "evaluate": ("Scored", "compare", "greedy_correct"),
 }
 _EXPORTS = {name: module for module, names in _MODULES.items() for name in names}

@@ -93,7 +93,8 @@ class Manifest:
         if self.source:
             lines.append(f"source: {_describe(self.source)}")
         for k, t in enumerate(self.terms):
-            extra = (f", per-module α {t['alphas']}" if t["alphas"] else "") + (f", mask {t['mask']!r}" if t["mask"] else "")
+            extra = ((f", per-module α {t['alphas']}" if t["alphas"] else "") + (f", mask {t['mask']!r}" if t["mask"] else "")
+                     + (f", magnitude density {t['density']:g}" if t.get("density", 1) < 1 else ""))
             lines.append(f"vector {k}: α = {t['alpha']:g}{extra}; {_describe(t['source'])}")
         pol = {k: v for k, v in self.policy.items() if v not in ((), [], None)}
         lines.append(f"policy: {pol}; output dtype: {self.dtype or 'as the target'}")

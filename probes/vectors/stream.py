@@ -41,19 +41,24 @@ SHARD_BYTES = 1 << 30
 @dataclass(frozen=True)
 class Term:
     """α·(m ⊙ v): a vector source (``Difference``, ``SavedVector``, ``RandomLike``), its α, per-module
-    α (regex → α, the first match wins over ``alpha``) and its mask (a regex: only matching tensors
-    take this vector; ``None``: all). A source's ``delta(name)`` returns a fresh float32 tensor at each
-    call, which ``merge`` may change in place."""
+    α (regex → α, the first match wins over ``alpha``) and its mask: a regex (only matching tensors
+    take this vector; ``None``: all) and a magnitude ``density`` (§2: within each tensor only the
+    top ``density`` share of |v| is kept, ``magnitude_mask``; 1: all). A source's ``delta(name)``
+    returns a fresh float32 tensor at each call, which ``merge`` may change in place."""
 
     source: Any
     alpha: float = 1.0
     alphas: Mapping[str, float] = field(default_factory=dict)
     mask: str | None = None
+    density: float = 1.0
 
     def __post_init__(self):
         for a in (self.alpha, *self.alphas.values()):
             if isinstance(a, bool) or not isinstance(a, numbers.Real) or not math.isfinite(a):
                 raise ValueError(f"α = {a!r}: every α must be a finite number (1 adds the vector, −1 negates it)")
+        if isinstance(self.density, bool) or not isinstance(self.density, numbers.Real) or not 0 < self.density <= 1:
+            raise ValueError(f"density = {self.density!r}: the share of each tensor's entries kept, in (0, 1] "
+                             "(1: no magnitude mask)")
         try:
             [re.compile(p) for p in (*self.alphas, *([self.mask] if self.mask else []))]
         except re.error as e:
@@ -69,7 +74,23 @@ class Term:
         return self.mask is None or re.search(self.mask, name) is not None
 
     def describe(self) -> dict[str, Any]:
-        return {"source": self.source.describe(), "alpha": self.alpha, "alphas": dict(self.alphas), "mask": self.mask}
+        return {"source": self.source.describe(), "alpha": self.alpha, "alphas": dict(self.alphas), "mask": self.mask,
+                "density": self.density}
+
+
+def magnitude_mask(v: torch.Tensor, density: float) -> torch.Tensor:
+    """Zero, in place, all but the ``int(density · numel)`` entries of ``v`` with the largest |v|
+    (mergekit's magnitude sparsification, without rescaling; entries tied at the threshold are all
+    kept); returns ``v``."""
+    k = int(density * v.numel())
+    if k >= v.numel():
+        return v
+    if k == 0:
+        return v.zero_()
+    a = v.abs().flatten()
+    threshold = a.kthvalue(a.numel() - k + 1).values
+    v.masked_fill_(v.abs() < threshold, 0.0)
+    return v
 
 
 @dataclass(frozen=True)
@@ -281,6 +302,8 @@ def merge(target: str | os.PathLike[str] | Checkpoint, terms: Sequence[Term], ou
             for k, src, rows in step.parts:
                 term = terms[k]
                 v = term.source.delta(src)
+                if term.density < 1:
+                    magnitude_mask(v, term.density)
                 a = term.alpha_for(step.name)
                 if delta is None and rows is None and v.dtype == torch.float32 and v.shape == shape:
                     # the same sum into zeros, 0 + α·v, written over v: the sources return a fresh

@@ -149,6 +149,27 @@ def stored_file(f) -> dict[str, torch.Tensor]:
     return load_file(f)
 
 
+def test_magnitude_mask_by_hand_and_in_merge(ckpt, tmp_path):
+    """§2 magnitude masks: per tensor the int(density·n) largest |v| entries kept, the rest zero; merge
+    applies them before α, and records the density in the manifest."""
+    from probes.vectors import magnitude_mask
+
+    v = torch.tensor([[0.5, -3.0, 1.0], [2.0, -0.1, 0.0]])
+    assert magnitude_mask(v.clone(), 0.5).tolist() == [[0.0, -3.0, 1.0], [2.0, 0.0, 0.0]]  # 3 of 6 kept
+    assert magnitude_mask(v.clone(), 0.1).abs().sum() == 0  # int(0.6) = 0 entries
+    assert torch.equal(magnitude_mask(v.clone(), 1.0), v)
+    out = tmp_path / "out"
+    m = merge(ckpt("a"), [Term(Difference(ckpt("a"), ckpt("b")), alpha=-1.0, density=0.25)], out)
+    t, d, got = stored(ckpt("a")), diff(ckpt("a"), ckpt("b")), stored(out)
+    for name in t:
+        kept = magnitude_mask(d[name].clone(), 0.25)
+        assert (kept != 0).sum() <= int(0.25 * kept.numel())
+        assert same(got[name], (t[name].float() - kept).to(t[name].dtype)), name
+    assert m.terms[0]["density"] == 0.25 and "magnitude density 0.25" in m.summary()
+    with pytest.raises(ValueError, match=r"density = 0: the share of each tensor's entries kept, in \(0, 1\]"):
+        Term(Difference(ckpt("a"), ckpt("b")), density=0)
+
+
 def test_sharded_and_unsharded_targets_give_the_same_bits(ckpt, tmp_path):
     term = Term(Difference(ckpt("a"), ckpt("b")), alpha=0.6)
     merge(ckpt("t"), [term], tmp_path / "one")
