@@ -175,13 +175,15 @@ def render_organism_card(*, name: str, result, behaviour, eval_command: str, bui
 
 def tv_result_section(res: dict, eval_command: str) -> str:
     """The markdown behaviour section of the task-vector family (from ``tv_eval.json``)."""
-    model_rows = [f"| {label} | {_pct_ci(row['accuracy'])} | {row['skip_rate']:.1%} |"
+    model_rows = [f"| {label} | {_pct_ci(row['accuracy'])} | {row['skip_rate']:.1%} | "
+                  + (f"{_pct_ci(row['oot_accuracy'])} |" if "oot_accuracy" in row else "not measured |")
                   for label, row in res["models"].items()]
+    n_oot = next((row["n_oot"] for row in res["models"].values() if "n_oot" in row), "the")
     difference_rows = [f"| {label} | {d[0] * 100:+.1f} (95% CI {d[1] * 100:+.1f} to {d[2] * 100:+.1f}) |"
                        for label, d in res["differences"].items()]
     return render("tv.md", "behaviour", eval_command=eval_command, minutes=f"{res['seconds'] / 60:.1f}",
                   last=res["n"] - 1, seed=res["seed"], model_rows="\n".join(model_rows),
-                  difference_rows="\n".join(difference_rows), v_norm=f"{res['norms']['v']:.3f}",
+                  difference_rows="\n".join(difference_rows), v_norm=f"{res['norms']['v']:.3f}", n_oot=n_oot,
                   instruct_norm=f"{res['norms']['tv-instruct']:.1f}")
 
 

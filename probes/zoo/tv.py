@@ -231,8 +231,9 @@ def skip_rate(outputs: list[str], problems) -> float:
 def measure_family(root: Path = ZOO_DIR, n: int = 500, progress: bool = True) -> dict:
     """Greedy accuracy and skip rate on ``n`` held-out problems of tv-sft, tv-rl, tv-instruct and
     tv-instruct + α·v for α ∈ {+1, −1} and a norm-matched random vector, with the paired
-    differences against tv-instruct (95% bootstrap CIs, ``probes.evals.stats``). Writes the result
-    to every family directory (``EVAL_FILE``)."""
+    differences against tv-instruct (95% bootstrap CIs, ``probes.evals.stats``), and each one's greedy
+    accuracy on the hand-written out-of-template problems (``probes.zoo.evaluate.oot_accuracy``).
+    Writes the result to every family directory (``EVAL_FILE``)."""
     import contextlib
 
     from tqdm.auto import tqdm
@@ -240,7 +241,7 @@ def measure_family(root: Path = ZOO_DIR, n: int = 500, progress: bool = True) ->
     from probes.evals.stats import accuracy, paired_difference_ci
     from probes.io import atomic_write_json
     from probes.vectors import apply_vector, l2_norm, random_like, task_vector
-    from probes.zoo.evaluate import greedy_outputs, is_correct
+    from probes.zoo.evaluate import greedy_outputs, is_correct, oot_accuracy
 
     root = Path(root)
     start = time.perf_counter()
@@ -255,9 +256,11 @@ def measure_family(root: Path = ZOO_DIR, n: int = 500, progress: bool = True) ->
     for label, (model, vec) in tqdm(models.items(), disable=not progress, desc="tv models"):
         with apply_vector(model, *vec) if vec else contextlib.nullcontext():  # restored bit for bit on exit
             outs = greedy_outputs(model, [p.prompt for p in problems])
+            oot = oot_accuracy(model)
         flags[label] = [is_correct(o, p.gold) for o, p in zip(outs, problems)]
         a = accuracy(flags[label])
-        rows[label] = {"accuracy": [a.value, a.lo, a.hi], "skip_rate": skip_rate(outs, problems)}
+        rows[label] = {"accuracy": [a.value, a.lo, a.hi], "skip_rate": skip_rate(outs, problems),
+                       "oot_accuracy": [oot.value, oot.lo, oot.hi], "n_oot": oot.n}
     diffs = {}
     for label in ("tv-instruct + v", "tv-instruct − v", RANDOM_LABEL):
         d = paired_difference_ci([float(x) for x in flags[label]], [float(x) for x in flags["tv-instruct"]])

@@ -82,3 +82,18 @@ def test_bad_sets_fail_with_file_line_and_the_fix(tmp_path):
         load_eval_set("refusal_oot", tmp_path / "missing.jsonl")
     with pytest.raises(ValueError, match="unknown evaluation set"):
         load_eval_set("nope")
+
+
+def test_tv_card_reports_the_hand_written_set():
+    """The task-vector family's card has a column for the hand-written problems (issue #10 item 4), and
+    says so when a measurement predates it."""
+    from probes.zoo.card import tv_result_section
+
+    row = {"accuracy": [0.5, 0.4, 0.6], "skip_rate": 0.25, "oot_accuracy": [0.125, 0.075, 0.183], "n_oot": 120}
+    res = {"n": 500, "seed": 1, "seconds": 60.0, "models": {"tv-rl": row, "tv-sft": {"accuracy": [0.3, 0.2, 0.4],
+                                                                                  "skip_rate": 0.5}},
+           "differences": {}, "norms": {"v": 1.5, "tv-instruct": 97.0}}
+    text = tv_result_section(res, "python -m experiments.zoo eval tv")
+    assert "greedy accuracy on 120 hand-written problems" in text
+    assert "| tv-rl | 50.0% (95% CI 40.0%–60.0%) | 25.0% | 12.5% (95% CI 7.5%–18.3%) |" in text
+    assert "| tv-sft | 30.0% (95% CI 20.0%–40.0%) | 50.0% | not measured |" in text
