@@ -10,7 +10,9 @@ Stages: ``responses`` samples ``samples`` checked responses to each of the first
 problems (T = 0.6, top-p 0.95); ``directions`` reads, per layer, the mean ``resid_post`` over the
 thinking of the ``k`` shortest and the ``k`` longest correct responses of each problem and saves
 v = mean(efficient) − mean(verbose); ``curves`` steers h ← h + α·v during thinking on the next
-``n_eval`` problems (greedy) over the α grid, and the same α·r for a random direction r of ‖v‖'s
+``n_eval`` problems over the α grid (``eval_samples`` responses each at T = 0.6 by default, the
+same seeds at every α: the verbose habits the direction should suppress appear only when sampling;
+greedy with ``--temperature 0 --eval-samples 1``), and the same α·r for a random direction r of ‖v‖'s
 norm (one unit per layer, ``--executor ray``: one Ray task each); ``report`` draws accuracy against
 thinking length per α from the saved artifacts. The two problem sets do not overlap.
 
@@ -45,7 +47,11 @@ class EfficiencyConfig(ExperimentConfig):
     n_direction: int = field(default=60, metadata={"help": "problems whose sampled responses give the direction"})
     samples: int = field(default=8, metadata={"help": "sampled responses per direction problem (T = 0.6, top-p 0.95)"})
     k: int = field(default=1, metadata={"help": "shortest and longest correct responses per problem in the contrast"})
-    n_eval: int = field(default=100, metadata={"help": "held-out problems of the curves (greedy), after the direction's"})
+    n_eval: int = field(default=100, metadata={"help": "held-out problems of the curves, after the direction's"})
+    temperature: float = field(default=0.6, metadata={
+        "help": "sampling temperature of the curves (top-p 0.95; 0: greedy, one response per problem)"})
+    eval_samples: int = field(default=4, metadata={
+        "help": "responses per held-out problem and α, on seeds shared by every α (paired)"})
     layers: list[int] = field(default_factory=lambda: [1, 2], metadata={"help": "layers (resid_post[L]) steered"})
     alphas: list[float] = field(default_factory=lambda: [-4.0, -2.0, 0.0, 2.0, 4.0], metadata={
         "help": "α grid in units of the raw vector (0 is the unsteered reference of the paired changes)"})
@@ -56,8 +62,13 @@ class EfficiencyConfig(ExperimentConfig):
     batch_size: int = session_field(8, help="responses per forward when reading thinking means")
 
     def __post_init__(self):
-        if min(self.n_direction, self.samples, self.k, self.n_eval, self.max_new_tokens, self.batch_size, self.n_boot) < 1:
-            raise ValueError("n_direction, samples, k, n_eval, max_new_tokens, batch_size and n_boot must be >= 1")
+        if min(self.n_direction, self.samples, self.k, self.n_eval, self.eval_samples, self.max_new_tokens,
+               self.batch_size, self.n_boot) < 1:
+            raise ValueError("n_direction, samples, k, n_eval, eval_samples, max_new_tokens, batch_size and n_boot "
+                             "must be >= 1")
+        if not 0 <= self.temperature < 10 or (self.temperature == 0 and self.eval_samples != 1):
+            raise ValueError(f"temperature {self.temperature} with eval_samples {self.eval_samples}: greedy decoding "
+                             "(temperature 0) gives one response per problem; use --eval-samples 1 or a temperature > 0")
         if self.samples < 2 * self.k:
             raise ValueError(f"samples ({self.samples}) must be at least 2k ({2 * self.k}): each problem needs k short "
                              "and k long correct responses")
@@ -157,6 +168,7 @@ def stage_curves(ctx: Context) -> None:
 
 def curves_unit(ctx: Context, key: str) -> None:
     """Layer ``key``: the efficiency curve of v and of a random direction of ‖v‖'s norm, saved and marked."""
+    from probes.evals.sampling import TOP_P
     from probes.steering import EfficiencyDirection, efficiency_curve, random_direction
 
     cfg, L = ctx.cfg, int(key.removeprefix("L"))
@@ -164,8 +176,9 @@ def curves_unit(ctx: Context, key: str) -> None:
     prompts, golds = _rendered(ctx, ctx.inputs.eval)
     for kind, vector in (("v", v), ("random", random_direction(v, layer=L, seed=cfg.seed))):
         efficiency_curve(ctx.model, prompts, golds, layer=L, vector=vector, alphas=cfg.alphas,
-                         max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, n_boot=cfg.n_boot,
-                         progress=True).save(curve_path(ctx, L, kind))
+                         samples_per_problem=cfg.eval_samples, temperature=cfg.temperature,
+                         top_p=TOP_P if cfg.temperature > 0 else 1.0, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+                         n_boot=cfg.n_boot, progress=True).save(curve_path(ctx, L, kind))
     ctx.mark("curves", key)
 
 
@@ -219,9 +232,10 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
                         f"{rounded(d.efficient_tokens, 1)} vs {rounded(d.verbose_tokens, 1)} thinking tokens); "
                         f"‖v‖ = {rounded(float(d.vector.norm()), 4)}; added during thinking only.")
         report.add_figure(efficiency_tradeoff_figure({f"{kind} (layer {L})": _arrays(c) for kind, c in curves.items()}),
-                          f"efficiency_L{L}", caption=f"Greedy accuracy against mean thinking tokens on {cfg.n_eval} "
-                                                      "held-out problems, one point per α (labelled), 95% bootstrap "
-                                                      "intervals over problems; random: a direction of ‖v‖'s norm")
+                          f"efficiency_L{L}", caption=f"Accuracy against mean thinking tokens on {cfg.n_eval} held-out "
+                                                      f"problems ({_decoding(cfg)}), one point per α (labelled), 95% "
+                                                      "bootstrap intervals over problems; random: a direction of ‖v‖'s "
+                                                      "norm")
         rows = []
         for kind, curve in curves.items():
             for p in curve.points:
@@ -234,6 +248,11 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
                                                              "thinking_tokens": rounded(p.mean_thinking_tokens.value, 2)}
                                             for p in c.points} for kind, c in curves.items()}
     return summary
+
+
+def _decoding(cfg: EfficiencyConfig) -> str:
+    return (f"{cfg.eval_samples} samples each at T = {cfg.temperature:g}, top-p 0.95, the same seeds at every α"
+            if cfg.temperature > 0 else "greedy")
 
 
 def _arrays(curve) -> tuple[list[float], list[tuple], list[tuple]]:

@@ -10,8 +10,8 @@ import pytest
 from experiments.efficiency_steering import EXPERIMENT, EfficiencyConfig, curve_path, prepare
 from probes.steering import EfficiencyCurve, EfficiencyDirection
 
-SMALL = dict(n_direction=8, samples=4, n_eval=6, layers=[1], alphas=[0.0, 4.0], max_new_tokens=160, n_boot=200,
-             formats=["html"])
+SMALL = dict(n_direction=8, samples=4, n_eval=6, layers=[1], alphas=[0.0, 4.0], temperature=0.0, eval_samples=1,
+             max_new_tokens=160, n_boot=200, formats=["html"])
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +47,8 @@ def test_resume_recomputes_nothing(run):
 
 
 def test_bad_input_fails_before_work():
+    with pytest.raises(ValueError, match="greedy decoding .* one response per problem"):
+        EfficiencyConfig(temperature=0.0, eval_samples=4)
     with pytest.raises(ValueError, match="include 0"):
         EfficiencyConfig(alphas=[1.0, 2.0])
     with pytest.raises(ValueError, match=r"samples \(2\) must be at least 2k \(4\)"):
