@@ -4,8 +4,9 @@
 mostly where the plan sentence either names the last event or ends) and recover part of the gap.
 
 The test runs a small fixed configuration. ``python -m tests.organism.test_steering_hybrid`` is the
-full measurement: it fits on training-stream traces, chooses the steering layer and strength on a
-dev split of the training stream, and reports the hybrid and its ablations on held-out problems.
+full measurement: it fits on training-stream traces, chooses the steering layer, the vectors
+(difference in means, or optimised as the released ones) and the strength on a dev split of the
+training stream, and reports the hybrid and its ablations on held-out problems.
 """
 
 from __future__ import annotations
