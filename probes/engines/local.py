@@ -12,7 +12,7 @@ from probes.models.sampling import Rollout
 
 
 class LocalEngine:
-    """``sample`` on a loaded ``probes`` Model."""
+    """``sample`` and ``generate`` on a loaded ``probes`` Model."""
 
     name = "local"
 
