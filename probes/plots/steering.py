@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from probes.plots._arrays import to_numpy
-from probes.plots._bands import COLORS, add_band, error_bars
+from probes.plots._bands import COLORS, add_band, error_bars, rgba
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -121,11 +121,13 @@ def efficiency_tradeoff_figure(series: Mapping[str, tuple], *, title: str | None
                              f"(got {len(a)} alphas, {len(acc)} and {len(tok)} rows)")
         order = np.argsort(a)
         a, acc, tok = a[order], acc[order], tok[order]
+        color = COLORS[i % len(COLORS)]
+        bars = {"thickness": 1, "width": 3, "color": rgba(color, 0.45)}
         fig.add_scatter(
             x=tok[:, 0].tolist(), y=acc[:, 0].tolist(), mode="lines+markers+text", name=label,
-            text=[f"α={x:g}" for x in a], textposition="top center",
-            line={"color": COLORS[i % len(COLORS)], "dash": "solid" if i % 2 == 0 else "dot"},
-            error_x=error_bars(tok), error_y=error_bars(acc),
+            text=[f"α={x:g}" for x in a], textposition="top center", textfont={"color": color},
+            line={"color": color, "dash": "solid" if i % 2 == 0 else "dot"},
+            error_x=error_bars(tok) | bars, error_y=error_bars(acc) | bars,
             hovertemplate="%{text}<br>thinking tokens = %{x:.1f}<br>accuracy = %{y:.3f}<extra>" + label + "</extra>")
     fig.update_layout(title=title or "Efficiency steering: accuracy against thinking length",
                       xaxis_title="mean thinking tokens", yaxis_title="accuracy", legend_title="direction")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from probes.plots import behaviour_alpha_figure, kl_alpha_figure, steerability_histogram
+from probes.plots import behaviour_alpha_figure, efficiency_tradeoff_figure, kl_alpha_figure, steerability_histogram
 
 
 def test_behaviour_alpha_bands_and_baseline():
@@ -40,3 +40,16 @@ def test_steerability_histogram_title():
     assert "anti-steerable fraction 0.25" in fig.layout.title.text and "n = 4" in fig.layout.title.text
     with pytest.raises(ValueError, match="finite"):
         steerability_histogram([np.nan], 0.0)
+
+
+def test_efficiency_tradeoff_points_in_alpha_order_with_both_intervals():
+    acc = [[0.5, 0.4, 0.6], [0.45, 0.35, 0.55], [0.55, 0.5, 0.6]]
+    tok = [[100, 95, 105], [120, 110, 130], [90, 88, 92]]
+    fig = efficiency_tradeoff_figure({"v": ([0, -4, 4], acc, tok), "random": ([0], [acc[0]], [tok[0]])})
+    v = fig.data[0]
+    assert v.name == "v" and list(v.text) == ["α=-4", "α=0", "α=4"]  # sorted by α
+    assert list(v.x) == [120, 100, 90] and list(v.y) == [0.45, 0.5, 0.55]
+    assert list(v.error_x.array) == [10, 5, 2] and list(v.error_x.arrayminus) == [10, 5, 2]
+    assert list(v.error_y.array) == pytest.approx([0.1, 0.1, 0.05]) and fig.data[1].line.dash == "dot"
+    with pytest.raises(ValueError, match="one \\(value, lo, hi\\) row"):
+        efficiency_tradeoff_figure({"v": ([0, 1], acc, tok)})
