@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from probes.harness import Context, Experiment, ExperimentConfig, Issue, Stage, main, session_field
+from probes.harness import Context, Experiment, ExperimentConfig, Issue, Stage, check_layers, main, session_field
 from probes.plots.report import rounded, with_ci
 
 StageName = Literal["responses", "directions", "curves", "report"]
@@ -89,9 +89,10 @@ class Inputs:
 
 
 def prepare(cfg: EfficiencyConfig) -> Inputs:
-    """The two disjoint problem sets, loaded before any model."""
+    """The layers (against a local model's config) and the two disjoint problem sets, before any model."""
     from probes.evals.problems import Problem, load_problems
 
+    check_layers(cfg.model, cfg.layers)
     n = cfg.n_direction + cfg.n_eval
     if cfg.problems == ZOO_PROBLEMS:
         from probes.zoo.tasks import arithmetic

@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from probes.harness import Context, Experiment, ExperimentConfig, Issue, Stage, main, session_field
+from probes.harness import Context, Experiment, ExperimentConfig, Issue, Stage, check_layers, main, session_field
 from probes.plots.report import rounded, with_ci
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def prepare(cfg: SteeringConfig) -> Inputs:
     """The behaviour's request texts, and the layers checked against a local model's config when it has one."""
     from probes.zoo.tasks import refusal
 
-    _check_layers_from_config(cfg)
+    check_layers(cfg.model, cfg.layers)
     positive = [refusal.request(i, refusal.TRAIN_SEED, style="forbidden_plain").prompt for i in range(cfg.n_contrast)]
     negative = [refusal.request(i, refusal.TRAIN_SEED, style="harmless").prompt for i in range(cfg.n_contrast)]
     style = EXAMPLE_STYLE[cfg.behaviour]
@@ -155,26 +155,6 @@ def prepare(cfg: SteeringConfig) -> Inputs:
     neutral = [ex.prompt for ex in refusal.distinct_requests(refusal.HELDOUT_SEED, "harmless", cfg.n_neutral,
                                                              exclude=frozenset(examples))]
     return Inputs(positive, negative, examples, neutral)
-
-
-def _check_layers_from_config(cfg: SteeringConfig) -> None:
-    """Layers out of range fail here when the model's config.json is on disk (zoo or a directory);
-    hub models are checked when they load."""
-    path: Path | None = None
-    if cfg.model.startswith("zoo:"):
-        from probes.models.zoo_registry import zoo_path
-
-        path = zoo_path(cfg.model.split(":", 1)[1]) / "config.json"
-    elif Path(cfg.model).is_dir():
-        path = Path(cfg.model) / "config.json"
-    if path is None or not path.is_file():
-        return
-    n = json.loads(path.read_text(encoding="utf-8")).get("num_hidden_layers")
-    if isinstance(n, int):
-        bad = [L for L in cfg.layers if not 0 <= L < n]
-        if bad:
-            raise ValueError(f"layer {bad[0]} is out of range: {cfg.model} has {n} layers (0..{n - 1}); "
-                             "choose --layers within it")
 
 
 # ----- the behaviour --------------------------------------------------------------------------------

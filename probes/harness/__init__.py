@@ -12,9 +12,10 @@ from probes.harness.experiment import (
     HarnessError,
     Issue,
     Stage,
+    check_layers,
     make_engine,
     session_field,
 )
 
 __all__ = ["Context", "EngineOptions", "Experiment", "ExperimentConfig", "HarnessError", "Issue", "Stage",
-           "main", "make_engine", "run_cli", "session_field"]
+           "check_layers", "main", "make_engine", "run_cli", "session_field"]

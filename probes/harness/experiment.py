@@ -33,7 +33,7 @@ from probes.io import atomic_write_json, remove_stale_temps
 from probes.runs import Run
 from probes.runs.provenance import collect as collect_provenance
 
-__all__ = ["Context", "Experiment", "ExperimentConfig", "HarnessError", "Issue", "Stage", "session_field"]
+__all__ = ["Context", "Experiment", "ExperimentConfig", "HarnessError", "Issue", "Stage", "check_layers", "session_field"]
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,26 @@ def make_engine(cfg, model, *, served: str = "", temperature: float | None = Non
     t = getattr(cfg, "temperature", 1.0) if temperature is None else temperature
     engine.check(temperature=t, top_p=getattr(cfg, "top_p", 1.0))
     return engine
+
+
+def check_layers(model: str, layers: Sequence[int]) -> None:
+    """Layers out of range fail before any work when the model's config.json is on disk (zoo or a
+    directory); hub models are checked when they load."""
+    path: Path | None = None
+    if model.startswith("zoo:"):
+        from probes.models.zoo_registry import zoo_path
+
+        path = zoo_path(model.split(":", 1)[1]) / "config.json"
+    elif Path(model).is_dir():
+        path = Path(model) / "config.json"
+    if path is None or not path.is_file():
+        return
+    n = json.loads(path.read_text(encoding="utf-8")).get("num_hidden_layers")
+    if isinstance(n, int):
+        bad = [L for L in layers if not 0 <= L < n]
+        if bad:
+            raise ValueError(f"layer {bad[0]} is out of range: {model} has {n} layers (0..{n - 1}); "
+                             "choose --layers within it")
 
 
 @dataclass(frozen=True)

@@ -53,5 +53,7 @@ def test_bad_input_fails_before_work():
         EfficiencyConfig(alphas=[1.0, 2.0])
     with pytest.raises(ValueError, match=r"samples \(2\) must be at least 2k \(4\)"):
         EfficiencyConfig(samples=2, k=2)
+    with pytest.raises(ValueError, match=r"layer 9 is out of range: zoo:reasoner has \d+ layers"):
+        prepare(EfficiencyConfig(layers=[1, 9]))
     with pytest.raises(ValueError, match="no such file, and not a public set"):
         prepare(EfficiencyConfig(problems="/nonexistent/problems.jsonl"))
