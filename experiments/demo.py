@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import torch
 
+from experiments.steering import BehaviourName
 from probes.harness import Context, Experiment, ExperimentConfig, Stage, main, session_field
 
 StageName = Literal["model", "trace", "attention", "logit_lens", "thought_anchors", "steering", "refusal", "experts",
@@ -49,12 +50,16 @@ class DemoConfig(ExperimentConfig):
     seed: int = field(default=0, metadata={"help": "random seed"})
     anchors_rollouts: int = field(default=20, metadata={"help": "thought anchors: resamples per sentence in the demo"})
     steering_model: str = field(default="zoo:refusal-reasoner", metadata={
-        "help": "steering: the model steered towards refusal (its requests: probes.zoo.tasks.refusal)"})
+        "help": "steering: the model steered (its requests: probes.zoo.tasks.refusal)"})
+    steering_behaviour: BehaviourName = field(
+        default="framed-compliance", metadata={
+            "help": "steering: the behaviour steered (experiments.steering --behaviour); framed-compliance moves "
+                    "the organism's graded framed requests"})
     steering_layers: list[int] = field(default_factory=lambda: [1, 2], metadata={"help": "steering: layers swept"})
     steering_alphas: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0], metadata={
         "help": "steering: strengths swept"})
-    steering_examples: int = field(default=16, metadata={
-        "help": "steering: held-out harmless requests, half dev (selection) and half test (controls)"})
+    steering_examples: int = field(default=24, metadata={
+        "help": "steering: held-out requests of the behaviour, half dev (selection) and half test (controls)"})
     steering_max_new_tokens: int = field(default=128, metadata={
         "help": "steering: greedy budget per request (thinking and answer must fit)"})
     refusal_model: str = field(default="zoo:refusal-reasoner", metadata={
@@ -84,7 +89,7 @@ class DemoConfig(ExperimentConfig):
         """The demo-sized ``SteeringConfig`` of the steering section (``session``: its session fields)."""
         from experiments.steering import SteeringConfig
 
-        return SteeringConfig(model=self.steering_model, layers=list(self.steering_layers),
+        return SteeringConfig(model=self.steering_model, behaviour=self.steering_behaviour, layers=list(self.steering_layers),
                               alphas=list(self.steering_alphas), n_contrast=32, n_examples=self.steering_examples,
                               n_neutral=8, max_new_tokens=self.steering_max_new_tokens, seed=self.seed,
                               formats=self.formats, device=self.device, dtype=self.dtype, **session)
@@ -282,6 +287,12 @@ def _interval(e) -> str:
     return f"{rounded(e.value)} (95% CI {rounded(e.lo)} to {rounded(e.hi)})"
 
 
+_BEHAVIOUR_WORDS = {"refusal": ("harmless requests", "refusal", "refuses"),
+                    "framed-refusal": ("framed forbidden requests", "refusal", "refuses"),
+                    "framed-compliance": ("framed forbidden requests", "compliance", "complies")}
+"""Steering behaviour → (its examples, what its rate counts, the verb) for the section's sentences."""
+
+
 def add_steering_section(ctx: Context, report) -> dict[str, Any]:
     """One α-sweep figure with the prompting baseline and a few sentences, from the sub-run's saved
     artifacts; the sub-run's own report has every table and figure."""
@@ -300,22 +311,24 @@ def add_steering_section(ctx: Context, report) -> dict[str, Any]:
     if not cells:
         report.add_text(f"The steering sweep of {where} has no finished cell: resume the demo to run it.")
         return {"run": where}
-    report.add_text(f"Steering {scfg.model} towards refusal: the direction is the difference of mean residuals "
+    examples, rate, verb = _BEHAVIOUR_WORDS[scfg.behaviour]
+    report.add_text(f"Steering {scfg.model} ({scfg.behaviour}): the direction is the difference of mean residuals "
                     f"(forbidden − harmless requests, {scfg.n_contrast} pairs, last prompt token), added at every "
                     f"position of resid_post[L] with strength α. The cell (L, α) is chosen on {cells[0].estimate.n} "
-                    f"held-out harmless requests (dev) among the cells whose mean next-token KL on {scfg.n_neutral} "
-                    f"neutral prompts stays ≤ {scfg.kl_threshold:g}, then compared with its controls on other "
-                    f"held-out requests (test). Full steering report: {where}/report.html.")
+                    f"held-out {examples} (dev) among the cells whose mean next-token KL on {scfg.n_neutral} neutral "
+                    f"prompts stays ≤ {scfg.kl_threshold:g} at the last prompt position and along "
+                    f"{scfg.kl_tokens} generated tokens, then compared with its controls on other held-out requests "
+                    f"(test). Full steering report: {where}/report.html.")
     controls = ControlComparison.load(path / S.CONTROLS) if sctx.done("evaluate", "controls") else None
     alphas = [float(a) for a in scfg.alphas]
     g = S.grid_arrays(cells, list(scfg.layers), alphas)
     baseline = controls.conditions["prompting"].estimate.value if controls is not None else None
     report.add_figure(behaviour_alpha_figure(alphas, g["mean"], g["lo"], g["hi"], layers=list(scfg.layers),
-                                             baseline=baseline, metric="refusal rate (dev)",
-                                             title="Refusal of harmless requests against α"),
-                      "steering_behaviour", caption="Refusal rate of held-out harmless requests (dev split) against "
-                                                    "α, one line per layer with its 95% bootstrap band; dashed: the "
-                                                    "prompting baseline (test split).")
+                                             baseline=baseline, metric=f"{rate} rate (dev)",
+                                             title=f"{rate.capitalize()} of {examples} against α"),
+                      "steering_behaviour", caption=f"{rate.capitalize()} rate of held-out {examples} (dev split) "
+                                                    "against α, one line per layer with its 95% bootstrap band; "
+                                                    "dashed: the prompting baseline (test split).")
     out: dict[str, Any] = {"run": where}
     if controls is None:
         report.add_text("No cell passes the KL guard, or the chosen cell is not evaluated yet: see the steering report.")
@@ -325,7 +338,7 @@ def add_steering_section(ctx: Context, report) -> dict[str, Any]:
     diff = controls.differences
     report.add_text(f"Chosen cell: layer {chosen.layer}, α = {chosen.alpha:g} (‖αv‖ is {rounded(chosen.norm_ratio)} "
                     f"times the median residual norm there; mean KL {chosen.kl.mean_kl:.2g} nats, guard "
-                    f"{scfg.kl_threshold:g}). On the {cond['steered'].n} test requests it refuses at a rate of "
+                    f"{scfg.kl_threshold:g}). On the {cond['steered'].n} test requests it {verb} at a rate of "
                     f"{_interval(cond['steered'])}, against {_interval(cond['unsteered'])} unsteered: a change of "
                     f"{_interval(diff['unsteered'])}.")
     report.add_text(f"Controls on the same requests: a random direction of the same norm gives "
