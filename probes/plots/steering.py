@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = ["behaviour_alpha_figure", "efficiency_tradeoff_figure", "kl_alpha_figure", "steerability_histogram"]
 
+
 def _grid(alphas: Sequence[float], values, layers: Sequence[int], what: str) -> tuple[np.ndarray, np.ndarray]:
     x = to_numpy(alphas).astype(float)
     y = to_numpy(values).astype(float)
@@ -132,4 +133,3 @@ def efficiency_tradeoff_figure(series: Mapping[str, tuple], *, title: str | None
     fig.update_layout(title=title or "Efficiency steering: accuracy against thinking length",
                       xaxis_title="mean thinking tokens", yaxis_title="accuracy", legend_title="direction")
     return fig
-

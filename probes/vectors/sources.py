@@ -73,20 +73,26 @@ class Difference:
         return self.a.vocab
 
     def delta(self, name: str) -> torch.Tensor:
-        return self.delta_and_norm(name)[0]
+        return _subtract(self.a.get(name).float(), self.b.get(name).float())
 
     def delta_and_norm(self, name: str) -> tuple[torch.Tensor, float]:
         """v for ``name`` and ‖θ_b‖₂ of that tensor (for the manifest), each tensor read once."""
         a, b = self.a.get(name).float(), self.b.get(name).float()
         norm = float(b.norm())
-        if a.shape != b.shape:
-            r = min(a.shape[0], b.shape[0])
-            return a[:r] - b[:r], norm
-        return a.sub_(b), norm  # a is a fresh tensor (Checkpoint.get): no third buffer
+        return _subtract(a, b), norm
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "a": str(self.a.path), "a_sha256": self.a.sha256, "b": str(self.b.path),
                 "b_sha256": self.b.sha256, "tied": self.tied}
+
+
+def _subtract(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a − b, over the common rows when the vocabulary sizes differ; in place into ``a`` (a fresh tensor
+    from ``Checkpoint.get``: no third buffer) when the shapes agree."""
+    if a.shape != b.shape:
+        r = min(a.shape[0], b.shape[0])
+        return a[:r] - b[:r]
+    return a.sub_(b)
 
 
 class SavedVector:

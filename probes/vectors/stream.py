@@ -87,10 +87,9 @@ def magnitude_mask(v: torch.Tensor, density: float) -> torch.Tensor:
         return v
     if k == 0:
         return v.zero_()
-    a = v.abs().flatten()
-    threshold = a.kthvalue(a.numel() - k + 1).values
-    v.masked_fill_(v.abs() < threshold, 0.0)
-    return v
+    a = v.abs()
+    threshold = a.flatten().kthvalue(a.numel() - k + 1).values
+    return v.masked_fill_(a < threshold, 0.0)
 
 
 @dataclass(frozen=True)
