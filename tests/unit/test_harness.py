@@ -146,3 +146,45 @@ def test_a_resume_records_its_session_and_refuses_changed_weights(tmp_path):
                          prepare=prepare)
     with pytest.raises(HarnessError, match="model weights changed"):
         changed.run(ToyConfig.from_dict({"run_dir": str(ctx.run.path)}))
+
+
+def _odd_units_stay_unmarked(ctx, key):
+    calls.append(("unit", key))
+    if int(key) % 2 == 0:
+        ctx.mark("units", key)
+
+
+def test_run_units_skips_marked_units_and_notes_the_ones_left_unmarked(tmp_path):
+    """``Context.run_units``: finished units are skipped; a unit its function leaves unmarked (e.g. failed
+    rollouts) is noted for the summary and redone on the next call."""
+    exp = Experiment(name="toy", config=ToyConfig,
+                     stages=[Stage("units", lambda ctx: ctx.run_units("units", ["0", "1", "2"], _odd_units_stay_unmarked))],
+                     load_model=load, prepare=prepare)
+    ctx = exp.run(ToyConfig(runs_root=str(tmp_path), stages=["units"]))
+    assert [c for c in calls if c != "model"] == [("unit", "0"), ("unit", "1"), ("unit", "2")]
+    assert ctx.notes == ["units: units 1 finished without their markers (see the issues); rerun the stage to complete them"]
+    calls.clear()
+    ctx.run_units("units", ["0", "1", "2"], _odd_units_stay_unmarked)
+    assert calls == [("unit", "1")]
+
+
+def test_ray_units_are_named_by_their_importable_module(monkeypatch):
+    """Under ``python -m experiments.NAME`` a unit function's module is ``__main__``; a Ray worker must import
+    it by the name the module was run as."""
+    import sys
+    import types
+
+    from probes.harness.experiment import _qualname
+
+    def unit(ctx, key):
+        pass
+
+    assert _qualname(unit) == (__name__, "unit")
+    main_module = types.ModuleType("__main__")
+    main_module.__spec__ = types.SimpleNamespace(name="experiments.task_vectors")
+    monkeypatch.setitem(sys.modules, "__main__", main_module)
+    unit.__module__ = "__main__"
+    assert _qualname(unit) == ("experiments.task_vectors", "unit")
+    main_module.__spec__ = None
+    with pytest.raises(HarnessError, match="run as a module"):
+        _qualname(unit)
