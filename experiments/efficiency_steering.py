@@ -34,7 +34,6 @@ from probes.plots.report import rounded, with_ci
 
 StageName = Literal["responses", "directions", "curves", "report"]
 STAGES: tuple[StageName, ...] = ("responses", "directions", "curves", "report")
-ZOO_PROBLEMS = "zoo:arithmetic"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,7 +41,7 @@ class EfficiencyConfig(ExperimentConfig):
     """Efficiency steering (reference/steering.md §1, §5.7): shorter thinking at equal accuracy?"""
 
     model: str = field(default="zoo:reasoner", metadata={"help": "a reasoning model (zoo:NAME, directory or hub name)"})
-    problems: str = field(default=ZOO_PROBLEMS, metadata={
+    problems: str = field(default="zoo:arithmetic", metadata={
         "help": "zoo:arithmetic, a public set (gsm8k, math-500; online) or a JSONL file of {\"prompt\", \"gold\"}"})
     n_direction: int = field(default=60, metadata={"help": "problems whose sampled responses give the direction"})
     samples: int = field(default=8, metadata={"help": "sampled responses per direction problem (T = 0.6, top-p 0.95)"})
@@ -90,20 +89,10 @@ class Inputs:
 
 def prepare(cfg: EfficiencyConfig) -> Inputs:
     """The layers (against a local model's config) and the two disjoint problem sets, before any model."""
-    from probes.evals.problems import Problem, load_problems
+    from probes.zoo.evaluate import problem_split
 
     check_layers(cfg.model, cfg.layers)
-    n = cfg.n_direction + cfg.n_eval
-    if cfg.problems == ZOO_PROBLEMS:
-        from probes.zoo.tasks import arithmetic
-
-        problems = [Problem(ex.prompt, ex.gold, str(i)) for i in range(n)
-                    for ex in [arithmetic.generate(i, seed=arithmetic.HELDOUT_SEED)]]
-    else:
-        problems = load_problems(cfg.problems, n)
-        if len(problems) < n:
-            raise ValueError(f"{cfg.problems} holds {len(problems)} problems; n_direction + n_eval = {n}: lower them")
-    return Inputs(problems[: cfg.n_direction], problems[cfg.n_direction :])
+    return Inputs(*problem_split(cfg.problems, cfg.n_direction, cfg.n_eval))
 
 
 # ----- where things are -------------------------------------------------------------------------------
@@ -217,8 +206,9 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
 
     cfg = ctx.cfg
     report.add_heading("Efficiency steering")
-    ctx.add_issues(report)
-    damaged = {i.path for i in ctx.experiment.audit(ctx)}
+    issues = audit(ctx)
+    ctx.add_issues(report, issues)
+    damaged = {i.path for i in issues}
     layers = [L for L in cfg.layers if ctx.done("curves", f"L{L}") and f"curves/L{L}_v" not in damaged
               and f"curves/L{L}_random" not in damaged]
     if not layers:
@@ -252,15 +242,16 @@ def add_report_sections(ctx: Context, report) -> dict[str, Any]:
 
 
 def _decoding(cfg: EfficiencyConfig) -> str:
-    return (f"{cfg.eval_samples} samples each at T = {cfg.temperature:g}, top-p 0.95, the same seeds at every α"
+    from probes.evals.sampling import TOP_P
+
+    return (f"{cfg.eval_samples} samples each at T = {cfg.temperature:g}, top-p {TOP_P:g}, the same seeds at every α"
             if cfg.temperature > 0 else "greedy")
 
 
 def _arrays(curve) -> tuple[list[float], list[tuple], list[tuple]]:
     """(alphas, accuracy rows, thinking-token rows) of a curve, rows as (value, lo, hi)."""
     rows = lambda e: (e.value, e.lo, e.hi)  # noqa: E731
-    return ([p.alpha for p in curve.points], [rows(p.accuracy) for p in curve.points],
-            [rows(p.mean_thinking_tokens) for p in curve.points])
+    return curve.alphas, [rows(p.accuracy) for p in curve.points], [rows(p.mean_thinking_tokens) for p in curve.points]
 
 
 EXPERIMENT = Experiment(

@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 
 StageName = Literal["traces", "counts", "scores", "sentences", "sweep", "report"]
 STAGES: tuple[StageName, ...] = ("traces", "counts", "scores", "sentences", "sweep", "report")
-ZOO_PROBLEMS = "zoo:arithmetic"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,7 +47,7 @@ class ExpertsConfig(ExperimentConfig):
     model's own traces, RICE over a β × ℓ grid against random experts on other problems."""
 
     model: str = field(default="zoo:moe-reasoner", metadata={"help": "model spec (zoo:NAME, directory or hub name); an MoE model"})
-    problems: str = field(default=ZOO_PROBLEMS, metadata={
+    problems: str = field(default="zoo:arithmetic", metadata={
         "help": "zoo:arithmetic, a public set (gsm8k, math-500; online) or a JSONL file of {\"prompt\", \"gold\"} records "
                 "(selection first, then evaluation)"})
     n_traces: int = field(default=200, metadata={"help": "selection problems: the model's own traces counted for nPMI"})
@@ -123,22 +122,9 @@ class Inputs:
 
 def prepare(cfg: ExpertsConfig) -> Inputs:
     """Selection and evaluation problems, checked before any model is loaded."""
-    n = cfg.n_traces + cfg.n_problems
-    from probes.evals.problems import Problem
+    from probes.zoo.evaluate import problem_split
 
-    if cfg.problems == ZOO_PROBLEMS:
-        from probes.zoo.tasks import arithmetic
-
-        items = [arithmetic.generate(i, arithmetic.HELDOUT_SEED) for i in range(n)]
-        problems = [Problem(e.prompt, e.gold) for e in items]
-    else:
-        from probes.evals.problems import load_problems
-
-        problems = load_problems(cfg.problems, n)
-        if len(problems) < n:
-            raise ValueError(f"{cfg.problems} has {len(problems)} problems; n_traces + n_problems = {n}: lower them or "
-                             "add problems")
-    return Inputs(problems[: cfg.n_traces], problems[cfg.n_traces : n])
+    return Inputs(*problem_split(cfg.problems, cfg.n_traces, cfg.n_problems))
 
 
 def load_model(cfg: ExpertsConfig):

@@ -51,7 +51,6 @@ from probes.harness import (
     Issue,
     Stage,
     main,
-    make_engine,
     session_field,
 )
 from probes.io import atomic_write_json
@@ -200,14 +199,12 @@ def stage_collect(ctx: Context) -> None:
     lists = {f"train_{k}": v for k, v in inp.train.items()} | {f"eval_{k}": v for k, v in inp.eval.items()}
     if inp.ood:
         lists["ood"] = inp.ood
-    todo = [name for name in lists if not ctx.done("collect", name)]
-    engine = make_engine(cfg, ctx.model) if todo else None
     for i, (name, prompts) in enumerate(lists.items()):
-        if name not in todo:
+        if ctx.done("collect", name):
             continue
         items = rollouts(ctx.model, prompts, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                          system=cfg.system or None, seed=cfg.seed + 1_000_000 * i, batch_size=cfg.batch_size,
-                         engine=engine)
+                         engine=ctx.engine)
         save_rollouts(_rollouts_path(ctx, name), items)
         ctx.mark("collect", name, n=len(items), unclosed=unclosed(items))
 

@@ -57,6 +57,7 @@ ZOO_PROBLEMS = "zoo:tv"
 CONDITIONS = ("target", "target + v", "target − v", "target + random", "target + prompt", "rl", "sft")
 SERVED = "merged (served)"
 """With ``--engine openai``: the merged checkpoint answering from the server at ``--base-url`` (§5)."""
+ALL_CONDITIONS = (*CONDITIONS, SERVED)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -242,7 +243,7 @@ def evaluate_unit(ctx: Context, unit: str) -> None:
     from probes.vectors import RandomLike
 
     cfg = ctx.cfg
-    label = next(c for c in CONDITIONS + (SERVED,) if _unit(c) == unit)
+    label = next(c for c in ALL_CONDITIONS if _unit(c) == unit)
     if label == SERVED:
         if not ctx.done("merge", "merged"):
             raise ValueError("the merged checkpoint is not written yet: run --stages merge, serve "
@@ -282,7 +283,7 @@ def _unit(label: str) -> str:
 
 def audit(ctx: Context) -> list[Issue]:
     out = []
-    for label in CONDITIONS + (SERVED,):
+    for label in ALL_CONDITIONS:
         path = ctx.run.path / "conditions" / f"{_unit(label)}.json"
         if ctx.done("evaluate", _unit(label)):
             try:
@@ -298,7 +299,7 @@ def audit(ctx: Context) -> list[Issue]:
 
 
 def load_conditions(ctx: Context) -> dict[str, tuple[np.ndarray, list[str]]]:
-    return {label: _load_flags(ctx.run.path / "conditions" / f"{_unit(label)}.json") for label in CONDITIONS + (SERVED,)
+    return {label: _load_flags(ctx.run.path / "conditions" / f"{_unit(label)}.json") for label in ALL_CONDITIONS
             if ctx.done("evaluate", _unit(label))}
 
 

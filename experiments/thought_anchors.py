@@ -38,7 +38,6 @@ from probes.harness import (
     Issue,
     Stage,
     main,
-    make_engine,
     session_field,
 )
 from probes.plots.report import rounded
@@ -189,7 +188,7 @@ def base_unit(ctx: Context, key: str) -> None:
     cfg = ctx.cfg
     t = next(t for t in all_traces(ctx) if t.key == key)
     trace = sample_base_solution(
-        make_engine(cfg, ctx.model), t.problem, prompt_for(ctx.model, t.problem["problem"], cfg.prompt_style),
+        ctx.engine, t.problem, prompt_for(ctx.model, t.problem["problem"], cfg.prompt_style),
         correct=t.kind == "correct", tries=cfg.base_tries, temperature=cfg.temperature, top_p=cfg.top_p,
         max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1000 * int(t.problem["idx"]), batch_size=cfg.batch_size,
     )
@@ -216,7 +215,7 @@ def rollouts_unit(ctx: Context, key: str) -> None:
     cfg = ctx.cfg
     t = next(t for t in traces(ctx) if t.key == key)
     report = resample_chunks(
-        make_engine(cfg, ctx.model), t.pdir, n=cfg.n_rollouts, temperature=cfg.temperature, top_p=cfg.top_p,
+        ctx.engine, t.pdir, n=cfg.n_rollouts, temperature=cfg.temperature, top_p=cfg.top_p,
         max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, forced=cfg.forced, forced_dir=t.fdir,
         batch_size=cfg.batch_size, compat=cfg.compat, write_every=cfg.write_every,
     )

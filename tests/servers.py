@@ -2,7 +2,7 @@
 localhost port (issue #12 item 4, issue #15).
 
     with serve(model_dir, log=tmp / "serve.log") as server:
-        base_url, model, process = server      # http://127.0.0.1:PORT/v1, the served name, the Popen
+        server.base_url, server.model          # http://127.0.0.1:PORT/v1, the served name
         server.stop()                          # the port closes: requests fail to connect
         server.start()                         # the same model on the same port again
 
@@ -48,7 +48,7 @@ def cli() -> str:
 
 class Server:
     """One ``transformers serve`` process for ``model_dir`` on ``port``; ``stop`` and ``start`` again keep
-    the port, the model name and the log (appended). Unpacks as ``(base_url, model, process)``."""
+    the port, the model name and the log (appended)."""
 
     def __init__(self, model_dir: str | Path, port: int | None = None, log: str | Path | None = None):
         self.model = str(model_dir)
@@ -59,9 +59,6 @@ class Server:
         # float32 so the replies equal local greedy decoding
         self.cmd = [cli(), "serve", self.model, "--device", "cpu", "--dtype", "float32",
                     "--host", "127.0.0.1", "--port", str(self.port)]
-
-    def __iter__(self):
-        return iter((self.base_url, self.model, self.process))
 
     @property
     def running(self) -> bool:

@@ -3,7 +3,6 @@ default and the only engine that applies interventions (``with model.intervene(.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 from probes.engines.base import prefixes as _prefixes
@@ -24,8 +23,7 @@ class LocalEngine:
                seeds: Sequence[int] | None = None, interventions: Sequence = (), batch_size: int | None = None,
                progress: bool = False) -> list[Rollout]:
         seeds = seeds_for(n, seed, seeds)
-        scope = self.model.intervene(*interventions) if interventions else contextlib.nullcontext()
-        with scope:
+        with self.model.intervene(*interventions):
             return self.model.sample(prefix, n, temperature=temperature, top_p=top_p, top_k=top_k,
                                      max_new_tokens=max_new_tokens, stop=stop, seeds=seeds, batch_size=batch_size,
                                      progress=progress)
@@ -41,8 +39,7 @@ class LocalEngine:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         out: list[Rollout] = []
-        scope = self.model.intervene(*interventions) if interventions else contextlib.nullcontext()
-        with scope:
+        with self.model.intervene(*interventions):
             for lo in tqdm(range(0, len(prefixes), batch_size), disable=not progress, desc="generate"):
                 out += self.model.generate(prefixes[lo:lo + batch_size], max_new_tokens=max_new_tokens,
                                            temperature=temperature, top_p=top_p, top_k=top_k, stop=stop, seed=seed + lo)

@@ -50,6 +50,7 @@ class OpenAIEngine:
         self.client = OpenAI(base_url=self.base_url, api_key=key, max_retries=0, timeout=timeout)
         self._ids_ok: bool | None = None  # whether the server takes token ids as the prompt (learned once)
         self._unsupported: set[str] = set()  # optional fields the server rejected (learned once)
+        self._answered = False  # whether a completion has succeeded (what the server accepts is known)
 
     def __repr__(self) -> str:
         return f"OpenAIEngine({self.base_url!r}, model={self.model!r})"
@@ -143,8 +144,9 @@ class OpenAIEngine:
                     prompt = self._decode(prompt)
                 else:
                     raise
-        if isinstance(prompt, list):
-            self._ids_ok = self._ids_ok if self._ids_ok is not None else True
+        if isinstance(prompt, list) and self._ids_ok is None:
+            self._ids_ok = True
+        self._answered = True
         choice = r.choices[0]
         extra_fields = choice.model_extra or {}
         ids = extra_fields.get("token_ids")
@@ -166,37 +168,36 @@ class OpenAIEngine:
                progress: bool = False) -> list[Rollout]:
         """``n`` continuations of ``prefix``, rollout ``i`` with seed ``seeds[i]``; ``batch_size`` is unused
         (the server batches), ``concurrency`` bounds the requests in flight."""
-        from tqdm.auto import tqdm
-
         self._refuse(interventions)
-        seeds = seeds_for(n, seed, seeds)
-        stop_list = [stop] if isinstance(stop, str) else (list(stop) if stop else None)
-        kw = dict(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, stop=stop_list)
-        if self._ids_ok is None and not isinstance(prefix, str):  # learn once whether ids are accepted
-            first = [self._complete(prefix, seed=seeds[0], **kw)]
-            seeds_left = seeds[1:]
-        else:
-            first, seeds_left = [], seeds
-        with ThreadPoolExecutor(self.concurrency) as pool:
-            futures = [pool.submit(self._complete, prefix, seed=s, **kw) for s in seeds_left]
-            rest = [f.result() for f in tqdm(futures, disable=not progress, desc="rollouts")]
-        return first + rest
+        calls = [(prefix, s) for s in seeds_for(n, seed, seeds)]
+        return self._fan_out(calls, _request_kw(max_new_tokens, temperature, top_p, top_k, stop), progress, "rollouts")
 
     def generate(self, prefixes: Sequence[str | Sequence[int]], *, temperature: float = 0.0, top_p: float = 1.0,
                  top_k: int = 0, max_new_tokens: int = 256, stop: str | Sequence[str] | None = None, seed: int = 0,
                  interventions: Sequence = (), batch_size: int = 16, progress: bool = False) -> list[Rollout]:
         """One continuation of each prefix (prefix ``i`` with seed ``seed + i``), up to ``concurrency``
         requests in flight; ``batch_size`` is unused (the server batches)."""
+        calls = [(p, seed + i) for i, p in enumerate(_prefixes(prefixes))]
+        self._refuse(interventions)
+        return self._fan_out(calls, _request_kw(max_new_tokens, temperature, top_p, top_k, stop), progress, "generate")
+
+    def _fan_out(self, calls: list[tuple], kw: dict[str, Any], progress: bool, desc: str) -> list[Rollout]:
+        """``_complete`` of each (prefix, seed), up to ``concurrency`` at once; the first alone while the
+        engine has not yet learned what the server accepts (optional fields, token-id prompts), so a
+        rejection is met once rather than by every request in flight."""
         from tqdm.auto import tqdm
 
-        items = _prefixes(prefixes)
-        self._refuse(interventions)
-        stop_list = [stop] if isinstance(stop, str) else (list(stop) if stop else None)
-        kw = dict(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, stop=stop_list)
-        first = [self._complete(items[0], seed=seed, **kw)]  # learns once which optional fields the server takes
+        first = []
+        if not self._answered or (self._ids_ok is None and not isinstance(calls[0][0], str)):
+            first, calls = [self._complete(calls[0][0], seed=calls[0][1], **kw)], calls[1:]
         with ThreadPoolExecutor(self.concurrency) as pool:
-            futures = [pool.submit(self._complete, p, seed=seed + i, **kw) for i, p in enumerate(items[1:], 1)]
-            return first + [f.result() for f in tqdm(futures, disable=not progress, desc="generate")]
+            futures = [pool.submit(self._complete, p, seed=s, **kw) for p, s in calls]
+            return first + [f.result() for f in tqdm(futures, disable=not progress, desc=desc)]
+
+
+def _request_kw(max_new_tokens: int, temperature: float, top_p: float, top_k: int, stop) -> dict[str, Any]:
+    stop_list = [stop] if isinstance(stop, str) else (list(stop) if stop else None)
+    return dict(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, stop=stop_list)
 
 
 def _detail(e) -> str:

@@ -149,6 +149,7 @@ class Context:
     inputs: Any
     run: Run
     model_: Any = None
+    engine_: Any = None
     notes: list[str] = field(default_factory=list)
     """Work a stage could not do (e.g. no correct base trace found): shown in the summary."""
 
@@ -163,6 +164,13 @@ class Context:
                                    f"(sha256 {model.weights_hash[:12]}… now, {recorded[:12]}… then): start a new run")
             self.model_ = model
         return self.model_
+
+    @property
+    def engine(self) -> Any:
+        """The generation engine of an ``EngineOptions`` config (``make_engine``), built and checked on first use."""
+        if self.engine_ is None:
+            self.engine_ = make_engine(self.cfg, self.model)
+        return self.engine_
 
     def _marker(self, stage: str, unit: str | None = None) -> Path:
         return self.run.path / DONE / (f"{stage}.json" if unit is None else f"{stage}/{unit}.json")

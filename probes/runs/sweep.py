@@ -132,8 +132,12 @@ def _check_address(address: str | None) -> None:
     try:
         socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
     except (OSError, ValueError) as e:
-        raise ValueError(f"no Ray cluster answers at {address!r} ({type(e).__name__}: {e}): start one with "
-                         "`ray start --head`, or leave the address out for a local Ray runtime") from None
+        raise _no_cluster(address, e) from None
+
+
+def _no_cluster(address: str | None, e: Exception) -> ValueError:
+    return ValueError(f"no Ray cluster answers at {address!r} ({type(e).__name__}: {e}): start one with "
+                      "`ray start --head`, or leave the address out for a local Ray runtime")
 
 
 def run_on_ray(fn: Callable[..., Any], calls: Sequence[tuple], *, resources: Mapping[str, float] | None = None,
@@ -150,8 +154,7 @@ def run_on_ray(fn: Callable[..., Any], calls: Sequence[tuple], *, resources: Map
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise ValueError(f"no Ray cluster answers at {address!r} ({type(e).__name__}: {e}): start one with "
-                             "`ray start --head`, or leave the address out for a local Ray runtime") from None
+            raise _no_cluster(address, e) from None
     task = ray.remote(max_retries=max_retries, **dict(resources or {"num_cpus": 1}))(fn)
     pending = [task.remote(*args) for args in calls]
     with tqdm(total=len(pending), desc=desc) as bar:

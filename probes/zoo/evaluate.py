@@ -47,6 +47,29 @@ def is_correct(output: str, gold: str) -> bool:
     return extract_boxed(output) == gold
 
 
+ARITHMETIC_PROBLEMS = "zoo:arithmetic"
+"""The spec of the held-out problems of the organisms' arithmetic task, for experiments' ``--problems``."""
+
+
+def problem_split(spec: str, *sizes: int) -> list[list]:
+    """Consecutive, disjoint problem lists of ``sizes`` (``probes.evals.problems.Problem``): held-out
+    problems of the arithmetic task (``ARITHMETIC_PROBLEMS``), a public set by name or a JSONL file;
+    too few problems is an error before any model loads."""
+    from probes.evals.problems import Problem, load_problems
+
+    n = sum(sizes)
+    if spec == ARITHMETIC_PROBLEMS:
+        problems = [Problem(ex.prompt, ex.gold, str(i)) for i in range(n)
+                    for ex in [arithmetic.generate(i, seed=arithmetic.HELDOUT_SEED)]]
+    else:
+        problems = load_problems(spec, n)
+        if len(problems) < n:
+            raise ValueError(f"{spec} holds {len(problems)} problems; {' + '.join(map(str, sizes))} = {n} are asked "
+                             "for: ask for fewer or add problems")
+    starts = [sum(sizes[:k]) for k in range(len(sizes))]
+    return [problems[a : a + k] for a, k in zip(starts, sizes)]
+
+
 def greedy_outputs(model, prompts: Sequence[str], *, batch_size: int = 50, max_new_tokens: int = MAX_NEW_TOKENS,
                    progress: bool = False, desc: str = "greedy") -> list[str]:
     """Greedy completions (``Model.generate``) of the user turns ``prompts``, thinking on; the text
