@@ -228,8 +228,7 @@ def stage_task_vectors(ctx: Context) -> None:
 
 def stage_report(ctx: Context):
     from experiments.thought_anchors import add_report_sections
-    from probes.lens import LogitLens
-    from probes.plots import Report, attention_heatmap, logit_lens_figure
+    from probes.plots import Report
 
     run, cfg = ctx.run, ctx.cfg
     info = run.load_json("model")
@@ -238,30 +237,8 @@ def stage_report(ctx: Context):
     report.add_table([{k: v for k, v in info.items() if k != "sites"}])
     report.add_table(info["sites"], caption="Named sites")
 
-    trace = run.load_json("trace")
-    report.add_heading("A reasoning trace (greedy)")
-    report.add_text(f"User: {cfg.prompt}")
-    report.add_text(f"Model: {trace['completion']}")
-
-    ids, tokens = trace["token_ids"], trace["tokens"]
-    (name, pattern), = run.load_tensors("attention").items()
-    w = min(cfg.attention_window, len(ids))
-    layer = name.removeprefix("layer").removesuffix("_head_mean")
-    report.add_heading("Attention")
-    report.add_figure(attention_heatmap(pattern[-w:, -w:], tokens[-w:],
-                                        title=f"Layer {layer}, mean over heads: the last {w} of {len(ids)} tokens"),
-                      "attention", caption="Each row is a query token; columns are the keys it attends to "
-                                           "(keys before the window are not shown, so rows may sum to less than 1).")
-
-    lens = LogitLens.load(run.path / "logit_lens")
-    top_tokens = run.load_json("logit_lens_tokens")
-    labels = [f"{p}:{tokens[p]}" for p in lens.positions]
-    report.add_heading("Logit lens")
-    report.add_figure(logit_lens_figure(top_tokens, lens.top_probs, position_labels=labels,
-                                        layer_labels=[f"L{L}" for L in range(lens.top_ids.shape[0])],
-                                        title=f"Logit lens over the last {len(labels)} positions"),
-                      "logit_lens", caption="Top next-token prediction decoded from each layer's residual stream.")
-
+    if ctx.done("trace"):
+        add_trace_sections(ctx, report)
     summary: dict[str, Any] = {}
     if ctx.done("thought_anchors"):
         actx = anchors_context(ctx)
@@ -279,6 +256,38 @@ def stage_report(ctx: Context):
     if summary:
         ctx.experiment.write_summary(ctx, summary)
     return report.write(run.path)
+
+
+def add_trace_sections(ctx: Context, report) -> None:
+    """The greedy trace, and the attention map and logit lens over it where those stages ran."""
+    from probes.lens import LogitLens
+    from probes.plots import attention_heatmap, logit_lens_figure
+
+    run, cfg = ctx.run, ctx.cfg
+    trace = run.load_json("trace")
+    report.add_heading("A reasoning trace (greedy)")
+    report.add_text(f"User: {cfg.prompt}")
+    report.add_text(f"Model: {trace['completion']}")
+
+    ids, tokens = trace["token_ids"], trace["tokens"]
+    if ctx.done("attention"):
+        (name, pattern), = run.load_tensors("attention").items()
+        w = min(cfg.attention_window, len(ids))
+        layer = name.removeprefix("layer").removesuffix("_head_mean")
+        report.add_heading("Attention")
+        report.add_figure(attention_heatmap(pattern[-w:, -w:], tokens[-w:],
+                                            title=f"Layer {layer}, mean over heads: the last {w} of {len(ids)} tokens"),
+                          "attention", caption="Each row is a query token; columns are the keys it attends to "
+                                               "(keys before the window are not shown, so rows may sum to less than 1).")
+    if ctx.done("logit_lens"):
+        lens = LogitLens.load(run.path / "logit_lens")
+        top_tokens = run.load_json("logit_lens_tokens")
+        labels = [f"{p}:{tokens[p]}" for p in lens.positions]
+        report.add_heading("Logit lens")
+        report.add_figure(logit_lens_figure(top_tokens, lens.top_probs, position_labels=labels,
+                                            layer_labels=[f"L{L}" for L in range(lens.top_ids.shape[0])],
+                                            title=f"Logit lens over the last {len(labels)} positions"),
+                          "logit_lens", caption="Top next-token prediction decoded from each layer's residual stream.")
 
 
 def _interval(e) -> str:

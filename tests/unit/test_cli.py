@@ -52,6 +52,14 @@ def test_demo_writes_a_report_with_provenance(model_dir, tmp_path, capsys):
     assert "report:" in capsys.readouterr().out
 
 
+def test_demo_report_covers_only_the_stages_asked_for(model_dir, tmp_path):
+    rc = main(["demo", "--model", str(model_dir), "--runs-root", str(tmp_path), "--max-new-tokens", "8",
+               "--formats", "html", "--stages", "model", "trace", "report"])
+    assert rc == 0
+    report = (next((tmp_path / "demo").iterdir()) / "report.html").read_text()
+    assert "A reasoning trace" in report and "Logit lens" not in report and "Attention</h" not in report
+
+
 def test_errors_are_one_line_with_the_fix(capsys):
     assert main(["info", "zoo:nope"]) == 2
     err = capsys.readouterr().err
