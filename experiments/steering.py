@@ -203,6 +203,7 @@ def _method(name: str):
 
 DATA = "data.json"
 VECTOR = "directions/vector"
+NORMS = "directions/residual_norms"
 CONTROLS = "evaluate/controls"
 STEERABILITY = "evaluate/steerability"
 CURVE = "evaluate/curve.json"
@@ -272,7 +273,7 @@ def stage_sweep(ctx: Context) -> None:
 def sweep_unit(ctx: Context, key: str) -> None:
     """Cell ``key``: the dev metric, the KL guard and ‖α·v‖ relative to the mean residual norm on the
     neutral prompts at its layer (§5.4), saved and marked."""
-    from probes.steering import SteeringCell, SteeringVector, evaluate_cell, residual_norm
+    from probes.steering import SteeringCell, SteeringVector, evaluate_cell
 
     cfg, model = ctx.cfg, ctx.model
     L, a = next((L, a) for L in cfg.layers for a in cfg.alphas if cell_key(L, a) == key)
@@ -283,10 +284,24 @@ def sweep_unit(ctx: Context, key: str) -> None:
     t0 = time.perf_counter()
     result = evaluate_cell(model, cell, _prompts(data["dev"]), metric_for(cfg), data["neutral"],
                            kl_threshold=cfg.kl_threshold, kl_tokens=cfg.kl_tokens,
-                           reference_norm=residual_norm(model, data["neutral"], L, batch_size=cfg.batch_size),
+                           reference_norm=reference_norm(ctx, L),
                            batch_size=cfg.batch_size, n_boot=cfg.n_boot, seed=cfg.seed)
     result.save(ctx.run.path / "cells" / key)
     ctx.mark("sweep", key, seconds=round(time.perf_counter() - t0, 2))
+
+
+def reference_norm(ctx: Context, layer: int) -> float:
+    """Mean residual norm at ``layer`` on the neutral prompts (§5.4), computed once per run and layer
+    (every α of a layer shares it)."""
+    from probes.io import atomic_write_json
+    from probes.steering import residual_norm
+
+    path = ctx.run.path / NORMS / f"L{layer}.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))["residual_norm"]
+    norm = residual_norm(ctx.model, _data(ctx)["neutral"], layer, batch_size=ctx.cfg.batch_size)
+    atomic_write_json(path, {"layer": layer, "residual_norm": norm})
+    return norm
 
 
 def load_cells(ctx: Context) -> list:

@@ -47,6 +47,8 @@ def test_run_writes_artifacts_selects_the_best_passing_cell_and_reports(setup, m
     assert SteeringVector.load(path / "directions" / "vector").layers == (0, 1)
     cells = {cell_key(L, a): CellResult.load(path / "cells" / cell_key(L, a)) for L in (0, 1) for a in cfg["alphas"]}
     assert len(cells) == 6 and all(ctx.done("sweep", k) for k in cells)
+    norms = {L: json.loads((path / S.NORMS / f"L{L}.json").read_text())["residual_norm"] for L in (0, 1)}
+    assert all(c.reference_norm == norms[c.layer] for c in cells.values())  # one residual norm per layer
     assert not any(c.passed for k, c in cells.items() if k.endswith("a1000"))  # the huge alpha fails the guard
     passed = [c for c in cells.values() if c.passed]
     best = max(passed, key=lambda c: c.estimate.value)
