@@ -32,15 +32,6 @@ class Engine(Protocol):
                  interventions: Sequence = (), batch_size: int = 16, progress: bool = False) -> list[Rollout]: ...
 
 
-def seeds_for(n: int, seed: int, seeds: Sequence[int] | None) -> list[int]:
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    out = list(seeds) if seeds is not None else [seed + i for i in range(n)]
-    if len(out) != n:
-        raise ValueError(f"got {len(out)} seeds for n={n} rollouts")
-    return out
-
-
 def prefixes(items: Sequence[str | Sequence[int]]) -> list[str | Sequence[int]]:
     """``items`` as a non-empty list of prefixes (text or token ids), checked before any request."""
     if isinstance(items, str):

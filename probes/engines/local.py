@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from probes.engines.base import prefixes as _prefixes
-from probes.engines.base import seeds_for
 from probes.models.sampling import Rollout
 
 
@@ -22,11 +21,10 @@ class LocalEngine:
                top_k: int = 0, max_new_tokens: int = 256, stop: str | Sequence[str] | None = None, seed: int = 0,
                seeds: Sequence[int] | None = None, interventions: Sequence = (), batch_size: int | None = None,
                progress: bool = False) -> list[Rollout]:
-        seeds = seeds_for(n, seed, seeds)
         with self.model.intervene(*interventions):
             return self.model.sample(prefix, n, temperature=temperature, top_p=top_p, top_k=top_k,
-                                     max_new_tokens=max_new_tokens, stop=stop, seeds=seeds, batch_size=batch_size,
-                                     progress=progress)
+                                     max_new_tokens=max_new_tokens, stop=stop, seed=seed, seeds=seeds,
+                                     batch_size=batch_size, progress=progress)
 
     def generate(self, prefixes: Sequence[str | Sequence[int]], *, temperature: float = 0.0, top_p: float = 1.0,
                  top_k: int = 0, max_new_tokens: int = 256, stop: str | Sequence[str] | None = None, seed: int = 0,

@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from probes.engines.base import EngineError, seeds_for
+from probes.engines.base import EngineError
 from probes.engines.base import prefixes as _prefixes
-from probes.models.sampling import FinishReason, Rollout
+from probes.models.sampling import FinishReason, Rollout, seeds_for
 
 RETRYABLE = (408, 409, 429)
 

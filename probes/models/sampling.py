@@ -297,6 +297,16 @@ def _prefix_ids(model, prefix) -> list[int]:
     return ids
 
 
+def seeds_for(n: int, seed: int, seeds: Sequence[int] | None) -> list[int]:
+    """The seed of each of ``n`` rollouts: ``seeds`` as given, else ``seed + i``; checked against ``n``."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    out = list(seeds) if seeds is not None else [seed + i for i in range(n)]
+    if len(out) != n:
+        raise ValueError(f"got {len(out)} seeds for n={n} rollouts")
+    return out
+
+
 def sample(
     model,
     prefix: str | Sequence[int],
@@ -319,11 +329,7 @@ def sample(
     differently (``rows``, per-row vectors, spans or sources: ``varies_by_row``): then
     the rows no longer share the prefix's activations, and each batch of rows prefills
     its own copy."""
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    seeds = list(seeds) if seeds is not None else [seed + i for i in range(n)]
-    if len(seeds) != n:
-        raise ValueError(f"got {len(seeds)} seeds for n={n} rollouts")
+    seeds = seeds_for(n, seed, seeds)
     ids = _prefix_ids(model, prefix)
     dec = _Decoder(model, temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
                    stop=stop, eos_token_ids=eos_token_ids, progress=progress)
