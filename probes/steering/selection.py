@@ -323,13 +323,16 @@ def kl_guard(
     iv = cell.intervention(positions)
     kls, along = [], []
     for chunk in tqdm(list(_chunks(prompts, batch_size)), desc="KL guard", disable=not progress, leave=False):
+        if tokens:  # one teacher-forced pass gives the last prompt position and the generated ones
+            last, gen = _kl_along_generation(model, chunk, iv, tokens)
+            kls.append(last)
+            along.append(gen)
+            continue
         base = model.forward(chunk)[:, -1]
         with model.intervene(iv):
             steered = model.forward(chunk)[:, -1]
-        kls.append(next_token_kl(base, steered).cpu())
-        if tokens:
-            along.append(_kl_along_generation(model, chunk, iv, tokens))
-    per = torch.cat(kls).numpy()
+        kls.append(next_token_kl(base, steered).cpu().numpy())
+    per = np.concatenate(kls)
     mean = float(per.mean())
     if not tokens:
         return KLGuard(mean_kl=mean, per_prompt=per, threshold=threshold, passed=bool(mean <= threshold))
@@ -339,10 +342,10 @@ def kl_guard(
                    tokens=tokens, mean_kl_generated=mean_gen, per_prompt_generated=per_gen)
 
 
-def _kl_along_generation(model, prompts: list, iv, tokens: int) -> np.ndarray:
-    """Per prompt, the mean KL(unsteered ‖ steered) over the distributions that produced the unsteered
-    greedy continuation (up to ``tokens`` tokens), teacher-forced (right-padded, so positions count
-    from each row's start)."""
+def _kl_along_generation(model, prompts: list, iv, tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt, KL(unsteered ‖ steered) at the last prompt position, and its mean over the
+    distributions that produced the unsteered greedy continuation (up to ``tokens`` tokens, the last
+    prompt position first), teacher-forced (right-padded, so positions count from each row's start)."""
     rows = [model.encode(p) for p in prompts]
     outs = model.generate(prompts, max_new_tokens=tokens)
     full = [r + list(o.token_ids) for r, o in zip(rows, outs)]
@@ -350,11 +353,13 @@ def _kl_along_generation(model, prompts: list, iv, tokens: int) -> np.ndarray:
     base = model.forward(full, padding_side="right", prompt_len=lens)
     with model.intervene(iv):
         steered = model.forward(full, padding_side="right", prompt_len=lens)
-    per = []
+    last, along = [], []
     for i, (r, o) in enumerate(zip(rows, outs)):
         span = slice(len(r) - 1, len(r) - 1 + max(len(o.token_ids), 1))
-        per.append(float(next_token_kl(base[i, span], steered[i, span]).mean()))
-    return np.array(per)
+        kl = next_token_kl(base[i, span], steered[i, span])
+        last.append(float(kl[0]))
+        along.append(float(kl.mean()))
+    return np.array(last, dtype=np.float32), np.array(along)  # float32 like the tokens=0 path
 
 
 # -- behaviour metric ---------------------------------------------------------------------------

@@ -134,6 +134,8 @@ def test_kl_guard_over_generated_positions_by_hand(qwen, vec):
         want.append(next_token_kl(base[span], steered[span]).mean().item())
     np.testing.assert_allclose(guard.per_prompt_generated, want, rtol=1e-4, atol=1e-9)
     assert guard.tokens == 5 and guard.mean_kl_generated == pytest.approx(np.mean(want), rel=1e-4)
+    last = kl_guard(qwen, NEUTRAL, cell, batch_size=2)  # the same last-position KL, read from the one pass
+    np.testing.assert_allclose(guard.per_prompt, last.per_prompt, rtol=1e-4, atol=1e-9)
     between = (guard.mean_kl + guard.mean_kl_generated) / 2
     assert guard.mean_kl < between < guard.mean_kl_generated  # a threshold the generated positions alone fail
     assert kl_guard(qwen, NEUTRAL, cell, threshold=between).passed
