@@ -44,17 +44,12 @@ local engine with top-k off, which does not change the cost.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,57 +58,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-STARTUP_S = 180
-SERVE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_UPDATE_CHECK": "1"}
 SERVE_FLAGS = {"sequential": [], "cb": ["--continuous-batching"]}
-
-
-# -- a transformers serve process -------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _cli() -> str:
-    beside = Path(sys.executable).with_name("transformers")
-    return str(beside) if beside.is_file() else "transformers"
-
-
-@contextlib.contextmanager
-def serve(model_dir: str, flags: list[str], threads: int, log: Path) -> Iterator[str]:
-    """``transformers serve model_dir`` on a free localhost port; yields its …/v1 URL, killed on exit."""
-    port = _free_port()
-    cmd = [_cli(), "serve", model_dir, "--device", "cpu", "--dtype", "float32", "--host", "127.0.0.1",
-           "--port", str(port), *flags]
-    env = os.environ | SERVE_ENV | {"OMP_NUM_THREADS": str(threads)}
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + STARTUP_S
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"`{' '.join(cmd)}` exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"`{' '.join(cmd)}` not ready after {STARTUP_S} s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 # -- instrumentation --------------------------------------------------------------------------------
@@ -320,6 +265,7 @@ def main() -> None:
 
     from probes import load_model
     from probes.anchors.rollouts import prefix_without_chunk
+    from probes.engines.serve import serve
     from probes.models.zoo_registry import zoo_path
 
     model = load_model(args.organism, device=args.device, dtype="float32")
@@ -339,8 +285,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-engines-") as tmp:
         for mode in modes:
             log = Path(tmp) / f"serve-{mode}.log"
-            with serve(model_dir, SERVE_FLAGS[mode], args.threads, log) as base_url:
-                measure(f"transformers serve ({mode})", model, base_url, model_dir, prefixes, args)
+            with serve(model_dir, flags=SERVE_FLAGS[mode], threads=args.threads, log=log) as server:
+                measure(f"transformers serve ({mode})", model, server.base_url, server.model, prefixes, args)
 
 
 if __name__ == "__main__":

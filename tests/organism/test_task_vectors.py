@@ -77,9 +77,9 @@ def test_merged_checkpoint_served_answers_as_loaded(run, tmp_path):
     """Issue #15 item 2: ``--engine openai`` scores the merged checkpoint through a real ``transformers
     serve`` of ``merged/``; its greedy answers equal the same checkpoint's local greedy answers (both
     float32), and the other conditions are not recomputed."""
+    from probes.engines.serve import serve
     from probes.models.load import load_model
     from probes.vectors import greedy_correct
-    from tests.servers import serve
 
     p = run.run.path
     before = {f.name: f.stat().st_mtime_ns for f in (p / "conditions").glob("*.json")}

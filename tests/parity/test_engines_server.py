@@ -22,10 +22,10 @@ from experiments.thought_anchors import EXPERIMENT, AnchorsConfig, traces
 from probes.anchors.importance import METRICS, AnchorScores
 from probes.anchors.rollouts import FORCED_ANSWER_SUFFIX, SEED_STRIDE
 from probes.engines import EngineError, LocalEngine, OpenAIEngine
+from probes.engines.serve import LocalServer, free_port, serve
 from probes.models.interventions import AddVector
 from probes.models.sampling import FinishReason
 from probes.zoo.tasks import arithmetic
-from tests.servers import free_port, serve
 
 N = 4  # rollouts per sentence in the experiment runs
 EASY = 33  # a held-out problem zoo:reasoner solves in nearly every sample at T = 0.6 (problem 0: about 1 in 5)
@@ -44,7 +44,7 @@ def run_kw(tmp_path):
 
 @pytest.fixture(scope="module")
 def server(shipped, tmp_path_factory):
-    """The ``tests.servers.Server`` serving zoo:reasoner; only the restart test stops and starts it."""
+    """The ``probes.engines.serve.LocalServer`` serving zoo:reasoner; only the restart test stops and starts it."""
     with serve(shipped("reasoner"), log=tmp_path_factory.mktemp("serve") / "serve.log") as srv:
         yield srv
 
@@ -198,6 +198,10 @@ def test_errors_say_what_to_fix(server, model, tmp_path):
     with pytest.raises(ValueError, match="--engine openai needs --base-url"):
         AnchorsConfig(problems=1, engine="openai", runs_root=str(tmp_path))
     assert not any(tmp_path.iterdir())
+    with pytest.raises(EngineError, match="is not a model directory"):
+        LocalServer(tmp_path / "missing")
+    with pytest.raises(EngineError, match="already running"):
+        server.start()
 
 
 def test_server_restarted_mid_run_is_waited_for(server, model, monkeypatch):

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from probes.anchors.taxonomy import LabelerError, LLMLabeler
-from tests.servers import serve
+from probes.engines.serve import serve
 
 MAX_TOKENS = 64  # the labeling prompt is ~700 tokens of the organism's 768 positions
 PROBLEM = "Alice has 3 apples and buys 5. How many apples does she have?"

@@ -9,8 +9,8 @@ answer through ``generate``, and the judge's rule was applied to that reply, whi
 import pytest
 import torch
 
+from probes.engines.serve import serve
 from probes.refusal.judges import EndpointJudge, JudgeEndpointError, arditi_unsafe, refusalcliff_unsafe
-from tests.servers import serve
 
 MAX_NEW_TOKENS = 256  # the organism thinks first; a reply cut inside the thinking is not an answer
 
