@@ -9,25 +9,22 @@ from probes.zoo.tasks import ledger
 
 
 def test_ledgers_are_long_split_exactly_and_add_up():
+    ops = {"plus": lambda a, b: a + b, "minus": lambda a, b: a - b, "times": lambda a, b: a * b}
     for i in range(200):
         ex = ledger.generate(i, ledger.HELDOUT_SEED)
         assert split_solution_into_chunks(ex.trace) == [s.text for s in ex.thinking]
         assert 20 <= len(ex.thinking) <= 40
         roles = [s.role for s in ex.thinking]
         assert roles.index("price") == 5 and roles.index("rent") == 7
-        price, rent = ex.meta["price"], ex.meta["rent"]
-        days = [s.text for s in ex.thinking[8:] if s.role in ("sales", "compute", "keep")][:3 * ex.meta["days"]]
-        keeps = []
-        for d in range(ex.meta["days"]):  # each day reads the price and the rent without restating them
-            sold, brings, keep = (int(re.search(r"(\d+)\.$", t).group(1)) for t in days[3 * d:3 * d + 3])
-            assert brings == sold * price and keep == brings - rent
-            keeps.append(keep)
         for s in ex.thinking:
-            m = re.fullmatch(r"(\d+) plus (\d+) is (\d+)\.", s.text)
+            m = re.fullmatch(r"(\d+) (plus|minus|times) (\d+) is (\d+)\.", s.text)
             if m:
-                a, b, c = map(int, m.groups())
-                assert a + b == c, s
-        assert f"\\boxed{{{sum(keeps)}}}" in ex.answer and ex.gold == str(sum(keeps)) and sum(keeps) > 0
+                a, op, b, c = m.groups()
+                assert ops[op](int(a), int(b)) == int(c), s
+        price, rent = ex.meta["price"], ex.meta["rent"]
+        assert sum(f" {price} is " in s.text for s in ex.thinking if s.role == "compute") >= ex.meta["days"]
+        assert sum(f"minus {rent} is" in s.text for s in ex.thinking) == ex.meta["days"]
+        assert f"\\boxed{{{ex.gold}}}" in ex.answer and int(ex.gold) > 0
 
 
 def test_receiver_check_runs_on_an_untrained_model():
@@ -49,8 +46,8 @@ def test_receiver_check_runs_on_an_untrained_model():
 
 
 def test_long_reasoner_reads_its_broadcast_sentences(shipped):
-    """Fast behaviour check: teacher-forced on held-out ledgers, the organism gets each day's takings
-    and what it keeps right, which needs the price and the rent read from their sentences."""
+    """Fast behaviour check: teacher-forced on held-out ledgers, the organism copies the price and
+    the rent into the day computations (the planted reading), and writes long traces."""
     import torch
 
     from probes import load_model
@@ -66,10 +63,10 @@ def test_long_reasoner_reads_its_broadcast_sentences(shipped):
         ids = model.encode(text)
         pred = model.forward([text])[0].argmax(-1).tolist()
         for s in ex.thinking:
-            m = re.fullmatch(r"(At the price, that brings |Less the rent, day \d+ keeps )(\d+)\.", s.text)
-            if m:  # a product with the price, a difference with the rent: both read from their sentence
-                start = text.index(s.text) + len(m.group(1))
-                (first, last), = model.token_ranges(text, [(start, start + len(m.group(2)))])
-                hits += all(pred[t - 1] == ids[t] for t in range(first, last))
+            m = re.fullmatch(r"(\d+) (times|minus) (\d+) is \d+\.", s.text)
+            if m:  # the operand read from the broadcast sentence: price after "times", rent after "minus"
+                start = text.index(s.text) + len(f"{m.group(1)} {m.group(2)} ")
+                (first, _), = model.token_ranges(text, [(start, start + len(m.group(3)))])
+                hits += pred[first - 1] == ids[first]
                 total += 1
     assert hits / total >= 0.9, (hits, total)
