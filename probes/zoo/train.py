@@ -20,7 +20,6 @@ from typing import Literal
 
 from probes.config import Config
 from probes.io import atomic_write_json
-from probes.models.chat import THINK_CLOSE
 from probes.zoo.tasks import arithmetic, ledger, refusal
 from probes.zoo.tokenizer import ASSISTANT, END, TOKENIZER_DIR, load_tokenizer
 
@@ -56,14 +55,8 @@ class Schedule(Config):
     autocast_bf16: bool = field(default=True, metadata={"help": "matmuls in bfloat16 under CPU autocast (master "
                                                                 "weights stay float32)"})
     threads: int = field(default=2, metadata={"help": "torch CPU threads"})
-    # One token decides a sampled outcome (the refusal organism's comply-or-refuse after </think>);
-    # its miscalibration costs the mean loss almost nothing, so at weight 1 it stays off by ~10 points.
-    answer_weight: float = field(default=1.0, metadata={"help": "loss weight of the first token after </think> "
-                                                                "(the answer's opening; other tokens weigh 1)"})
 
     def __post_init__(self) -> None:
-        if self.answer_weight <= 0:
-            raise ValueError(f"answer_weight {self.answer_weight} must be positive")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps ({self.steps}) and batch_size ({self.batch_size}) must be positive")
         if self.lr <= 0 or self.warmup_steps < 0:
@@ -277,17 +270,6 @@ def train(cfg: TrainConfig, tokenizer_dir: Path = TOKENIZER_DIR, progress: bool 
     return model, TrainResult(cfg, n_params, seconds, digest, n_problems, losses)
 
 
-def answer_opening_loss(logits, input_ids, labels, close_id: int):
-    """Summed cross-entropy of the supervised tokens right after ``</think>``, divided by the batch's
-    count of supervised tokens: adding it (w − 1) times to the mean loss weighs those tokens w times."""
-    import torch.nn.functional as F
-
-    supervised = labels[:, 1:] != -100
-    at = (input_ids[:, :-1] == close_id) & supervised
-    ce = F.cross_entropy(logits[:, :-1][at].float(), labels[:, 1:][at], reduction="sum")
-    return ce / supervised.sum()
-
-
 def fit(model, tok, encoded, cfg: Schedule, *, forward_kwargs: dict | None = None, on_step=None,
         progress: bool = True, desc: str = "train") -> list[float]:
     """``cfg.steps`` AdamW steps (warmup, then cosine to ``cfg.min_lr_ratio``) over the length-bucketed
@@ -309,7 +291,6 @@ def fit(model, tok, encoded, cfg: Schedule, *, forward_kwargs: dict | None = Non
         t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
         return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
-    close_id = tok.convert_tokens_to_ids(THINK_CLOSE)
     batches = length_bucketed(encoded, cfg.batch_size, cfg.bucket_batches, cfg.seed)
     if len(batches) < cfg.steps:
         raise ValueError(f"{len(encoded)} examples make {len(batches)} batches < {cfg.steps} steps")
@@ -321,10 +302,7 @@ def fit(model, tok, encoded, cfg: Schedule, *, forward_kwargs: dict | None = Non
             group["lr"] = lr_at(step)
         input_ids, mask, labels = pad_batch(batches[step], tok.pad_token_id, cfg.pad_multiple)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
-            out = model(input_ids=input_ids, attention_mask=mask, labels=labels, **(forward_kwargs or {}))
-        loss = out.loss
-        if cfg.answer_weight != 1.0:
-            loss = loss + (cfg.answer_weight - 1) * answer_opening_loss(out.logits, input_ids, labels, close_id)
+            loss = model(input_ids=input_ids, attention_mask=mask, labels=labels, **(forward_kwargs or {})).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

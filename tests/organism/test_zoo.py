@@ -152,27 +152,6 @@ def test_smoke_training_writes_a_loadable_hf_directory(tmp_path):
     assert not (out / "MODEL.md").exists()  # smoke builds are not measured
 
 
-def test_answer_weight_weighs_the_token_after_think_close():
-    import math
-
-    import torch
-
-    from probes.zoo.train import TrainConfig, answer_opening_loss
-
-    close = 7  # rows: [prompt, </think>, answer] and [prompt, thinking, </think>] (nothing after it)
-    ids = torch.tensor([[1, close, 3], [1, 2, close]])
-    labels = torch.tensor([[-100, close, 3], [-100, 2, close]])
-    logits = torch.zeros(2, 3, 8)
-    logits[0, 1, 3] = math.log(7)  # P(3 | </think>) = 7 / 14 = 0.5
-    extra = answer_opening_loss(logits, ids, labels, close)
-    assert extra.item() == pytest.approx(math.log(2) / 4)  # one answer-opening token among 4 supervised
-    mean = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 8), labels[:, 1:].reshape(-1))
-    weighted = (3 * math.log(8) + 10 * math.log(2)) / 4  # the same token weighed 10×, the rest 1×
-    assert (mean + 9 * extra).item() == pytest.approx(weighted)
-    with pytest.raises(ValueError, match="answer_weight"):
-        TrainConfig(answer_weight=0)
-
-
 def test_unknown_organism_recipe_lists_buildable_ones():
     from probes.zoo.organisms import organism
 
