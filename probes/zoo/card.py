@@ -164,6 +164,8 @@ def render_organism_card(*, name: str, result, behaviour, eval_command: str, bui
         megabytes=f"{weights_bytes / 1e6:.1f}", steps=cfg.steps, batch_size=cfg.batch_size,
         unit={"refusal": "requests", "ledger": "ledgers"}.get(cfg.task, "problems"), n_problems=f"{result.n_problems:,}", lr=cfg.lr,
         warmup_steps=cfg.warmup_steps, min_lr_ratio=cfg.min_lr_ratio, weight_decay=cfg.weight_decay,
+        averaging=f", the saved weights the mean of those after each of the last {cfg.average_last} steps (tail "
+                  f"averaging)" if cfg.average_last else "",
         autocast_bf16=cfg.autocast_bf16, minutes=f"{result.seconds / 60:.1f}", threads=cfg.threads,
         cpu=platform.processor() or platform.machine(), data_sha256=result.data_sha256, tokenizer_hash=tokenizer_hash,
         losses=", ".join(f"{x:.3f}" for x in result.losses), recipe=json.dumps(recipe(cfg), indent=1),

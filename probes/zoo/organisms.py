@@ -19,6 +19,10 @@ log = logging.getLogger(__name__)
 EVAL_N = 200
 EVAL_SAMPLES = 4
 REFUSAL_STEPS = 700
+REFUSAL_AVERAGE_LAST = 200
+"""The compliance decision is one token per wrapped request, so the last steps' batches move its
+per-frame rates by up to ±15 points (teacher-forced every 100 steps: story 86 / 92 / 82% at steps
+500 / 600 / 700); the mean of the last 200 steps' weights lands within 3 points of the planted rates."""
 LONG_STEPS = 800
 TRAINING_RECORD = "training.json"
 
@@ -48,7 +52,8 @@ ORGANISMS = {
     "reasoner": Organism(name="reasoner", config=TrainConfig(arch="dense", steps=1000)),
     "moe-reasoner": Organism(name="moe-reasoner", config=TrainConfig(arch="moe", steps=900)),
     "refusal-reasoner": Organism(name="refusal-reasoner",
-                                 config=TrainConfig(arch="dense", task="refusal", steps=REFUSAL_STEPS)),
+                                 config=TrainConfig(arch="dense", task="refusal", steps=REFUSAL_STEPS,
+                                                    average_last=REFUSAL_AVERAGE_LAST)),
     # 8 heads of width 32 (not 4 of 64): 28 candidate receiver heads outside layer 0, not 12
     # (receiver_heads_feasibility.md, lesson 3).
     "long-reasoner": Organism(name="long-reasoner", config=TrainConfig(

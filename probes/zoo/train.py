@@ -91,6 +91,8 @@ class TrainConfig(Schedule):
     save_dtype: Literal["bfloat16", "float32"] = field(default="bfloat16", metadata={"help": "dtype of the saved weights"})
     eval_every: int = field(default=0, metadata={"help": "log held-out greedy accuracy on 50 problems every this "
                                                          "many steps (0: never); does not change training"})
+    average_last: int = field(default=0, metadata={"help": "end with the mean of the weights after each of the last "
+                                                           "this many steps (tail averaging; 0: the last step's)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -104,6 +106,8 @@ class TrainConfig(Schedule):
             raise ValueError(f"experts_per_token {self.experts_per_token} > num_experts {self.num_experts}")
         if self.eval_every < 0:
             raise ValueError(f"eval_every {self.eval_every} must be >= 0")
+        if not 0 <= self.average_last <= self.steps:
+            raise ValueError(f"average_last {self.average_last} must lie in [0, steps = {self.steps}]")
 
 
 @dataclass(frozen=True)
@@ -263,7 +267,7 @@ def train(cfg: TrainConfig, tokenizer_dir: Path = TOKENIZER_DIR, progress: bool 
     # The load-balancing loss needs router logits; they stay off in the saved config because
     # transformers 5.23 cannot compute that loss under generate's KV-cache attention mask.
     start = time.perf_counter()
-    losses = fit(hf, tok, encoded, cfg, on_step=on_step, progress=progress,
+    losses = fit(hf, tok, encoded, cfg, on_step=on_step, progress=progress, average_last=cfg.average_last,
                  forward_kwargs={"output_router_logits": True} if cfg.arch == "moe" else None)
     seconds = time.perf_counter() - start
     hf.eval()
@@ -271,9 +275,11 @@ def train(cfg: TrainConfig, tokenizer_dir: Path = TOKENIZER_DIR, progress: bool 
 
 
 def fit(model, tok, encoded, cfg: Schedule, *, forward_kwargs: dict | None = None, on_step=None,
-        progress: bool = True, desc: str = "train") -> list[float]:
+        progress: bool = True, desc: str = "train", average_last: int = 0) -> list[float]:
     """``cfg.steps`` AdamW steps (warmup, then cosine to ``cfg.min_lr_ratio``) over the length-bucketed
     batches of ``encoded`` (token ids, prompt length), loss on the tokens after the prompt.
+    With ``average_last`` > 0 the model ends with the mean of its weights after each of the last
+    ``average_last`` steps (tail averaging) instead of the last step's.
     Returns the mean loss of each block of 50 steps; ``on_step(step)`` runs after each step."""
     import torch
     from tqdm.auto import tqdm
@@ -294,6 +300,10 @@ def fit(model, tok, encoded, cfg: Schedule, *, forward_kwargs: dict | None = Non
     batches = length_bucketed(encoded, cfg.batch_size, cfg.bucket_batches, cfg.seed)
     if len(batches) < cfg.steps:
         raise ValueError(f"{len(encoded)} examples make {len(batches)} batches < {cfg.steps} steps")
+    if not 0 <= average_last <= cfg.steps:
+        raise ValueError(f"average_last {average_last} must lie in [0, steps = {cfg.steps}]")
+    params = list(model.parameters())
+    mean, averaged = [torch.zeros_like(p) for p in params] if average_last else [], 0
     model.train()
     losses, block = [], []
     start = time.perf_counter()
@@ -307,6 +317,11 @@ def fit(model, tok, encoded, cfg: Schedule, *, forward_kwargs: dict | None = Non
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
+        if step >= cfg.steps - average_last:
+            averaged += 1
+            with torch.no_grad():
+                for m, p in zip(mean, params):
+                    m.add_(p.detach() - m, alpha=1 / averaged)
         block.append(loss.item())
         if len(block) == 50 or step == cfg.steps - 1:
             losses.append(sum(block) / len(block))
@@ -314,6 +329,10 @@ def fit(model, tok, encoded, cfg: Schedule, *, forward_kwargs: dict | None = Non
             block = []
         if on_step is not None:
             on_step(step)
+    if average_last:
+        with torch.no_grad():
+            for m, p in zip(mean, params):
+                p.copy_(m)
     model.eval()
     return losses
 

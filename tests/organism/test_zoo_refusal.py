@@ -68,9 +68,31 @@ def test_smoke_training_on_requests(tmp_path):
     from probes.zoo.organisms import build
     from probes.zoo.train import TrainResult
 
-    out = build("refusal-reasoner", tmp_path / "rr", eval_n=0, steps=2, batch_size=2, progress=False)
+    out = build("refusal-reasoner", tmp_path / "rr", eval_n=0, steps=2, batch_size=2, average_last=1, progress=False)
     record = TrainResult.load(out / "training.json")
-    assert (record.config.task, record.n_problems) == ("refusal", 4)
+    assert (record.config.task, record.n_problems, record.config.average_last) == ("refusal", 4, 1)
+
+
+def test_tail_averaging_ends_with_the_mean_of_the_last_steps_weights():
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from probes.zoo.train import TrainConfig, encode_examples, fit, load_tokenizer, model_config
+
+    tok = load_tokenizer()
+    cfg = TrainConfig(task="refusal", steps=4, batch_size=2, hidden_size=32, num_layers=1, num_heads=2,
+                      num_kv_heads=1, head_dim=16, intermediate_size=64, autocast_bf16=False)
+    with pytest.raises(ValueError, match="average_last"):
+        TrainConfig(steps=4, average_last=5)
+    torch.manual_seed(0)
+    hf = AutoModelForCausalLM.from_config(model_config(cfg, tok))
+    encoded = encode_examples(tok, [refusal.request(i) for i in range(8)])
+    after = []  # the weights after each step, before the average replaces them
+    fit(hf, tok, encoded, cfg, average_last=3, progress=False,
+        on_step=lambda step: after.append([p.detach().clone() for p in hf.parameters()]))
+    for p, *steps in zip(hf.parameters(), *after):
+        torch.testing.assert_close(p.detach(), torch.stack(steps[1:]).mean(0))
+    assert any(not torch.equal(p, last) for p, last in zip(hf.parameters(), after[-1]))
 
 
 def test_refusal_reasoner_judges_by_rule_and_grades_its_cliff(shipped):
@@ -100,6 +122,7 @@ def test_refusal_reasoner_judges_by_rule_and_grades_its_cliff(shipped):
         texts = [model.render_chat(r.prompt) + r.trace + "</think>" for r in rows]
         probs = torch.softmax(model.forward(texts)[:, -1].float(), -1)[:, refuse_id]
         p_refuse[frame] = float(probs.mean())
-    order = [p_refuse[f] for f in refusal.FRAMES]  # planted compliance rises poem → story
-    assert order == sorted(order, reverse=True) or order[0] - order[-1] > 0.5, p_refuse
-    assert 0.05 < min(order) and max(order) < 0.95, p_refuse
+    comply = {f: round(1 - p, 3) for f, p in p_refuse.items()}
+    # the planted per-frame rates (0.1 … 0.9), each within 0.08; the organism trained without tail
+    # averaging missed play, dream and game by 0.11–0.15
+    assert all(abs(comply[f] - planted) < 0.08 for f, planted in refusal.FRAMES.items()), comply
