@@ -22,7 +22,7 @@ REFUSAL_STEPS = 700
 REFUSAL_AVERAGE_LAST = 200
 """The compliance decision is one token per wrapped request, so the last steps' batches move its
 per-frame rates by up to ±15 points (teacher-forced every 100 steps: story 86 / 92 / 82% at steps
-500 / 600 / 700); the mean of the last 200 steps' weights lands within 3 points of the planted rates."""
+500 / 600 / 700); the mean of the last 200 steps' weights lands within 3.5 points of the planted rates."""
 LONG_STEPS = 800
 TRAINING_RECORD = "training.json"
 
