@@ -303,7 +303,8 @@ def fit(model, tok, encoded, cfg: Schedule, *, forward_kwargs: dict | None = Non
     if not 0 <= average_last <= cfg.steps:
         raise ValueError(f"average_last {average_last} must lie in [0, steps = {cfg.steps}]")
     params = list(model.parameters())
-    mean, averaged = [torch.zeros_like(p) for p in params] if average_last else [], 0
+    first_averaged = cfg.steps - average_last
+    mean = [torch.zeros_like(p) for p in params] if average_last else []
     model.train()
     losses, block = [], []
     start = time.perf_counter()
@@ -317,11 +318,10 @@ def fit(model, tok, encoded, cfg: Schedule, *, forward_kwargs: dict | None = Non
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        if step >= cfg.steps - average_last:
-            averaged += 1
+        if step >= first_averaged:  # running mean over the steps averaged so far
             with torch.no_grad():
                 for m, p in zip(mean, params):
-                    m.add_(p.detach() - m, alpha=1 / averaged)
+                    m.add_(p - m, alpha=1 / (step - first_averaged + 1))
         block.append(loss.item())
         if len(block) == 50 or step == cfg.steps - 1:
             losses.append(sum(block) / len(block))
