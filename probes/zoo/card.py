@@ -52,7 +52,8 @@ def organism_text(name: str, part: str) -> str:
     if part == "planted":
         from probes.zoo.organisms import organism
 
-        return render("organisms.md", f"planted.{organism(name).config.task}")
+        task = organism(name).config.task
+        return render("organisms.md", f"planted.{task.partition('-')[0]}")  # arithmetic-broad: as arithmetic
     return render("organisms.md", f"{name}.{part}")
 
 

@@ -37,10 +37,11 @@ log = logging.getLogger(__name__)
 
 MAX_NEW_TOKENS = 256
 REFUSAL_MAX_NEW_TOKENS = 128
-GENERATORS = {"arithmetic": arithmetic.generate, "ledger": ledger.generate}
+GENERATORS = {"arithmetic": arithmetic.generate, "arithmetic-broad": arithmetic.generate_broad,
+              "ledger": ledger.generate}
 """Task → held-out problem generator of the reasoners (``train.TASKS`` names)."""
-TASK_MAX_NEW_TOKENS = {"arithmetic": MAX_NEW_TOKENS, "ledger": 448}
-OOT_SETS = {"arithmetic": "arithmetic_oot", "ledger": "ledger_oot"}
+TASK_MAX_NEW_TOKENS = {"arithmetic": MAX_NEW_TOKENS, "arithmetic-broad": MAX_NEW_TOKENS, "ledger": 448}
+OOT_SETS = {"arithmetic": "arithmetic_oot", "arithmetic-broad": "arithmetic_oot", "ledger": "ledger_oot"}
 """Task → its hand-written out-of-template evaluation set (``evalsets.load_eval_set``)."""
 def is_correct(output: str, gold: str) -> bool:
     """Whether the first ``\\boxed{}`` of ``output`` is exactly ``gold``."""

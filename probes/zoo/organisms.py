@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 
 EVAL_N = 200
 EVAL_SAMPLES = 4
+REASONER_STEPS = 1400
+"""20.8 min here (budget 25): the broad wording's extra frames and phrases need more steps than the
+narrow wording's 1,000 to keep in-template accuracy."""
 REFUSAL_STEPS = 700
 REFUSAL_AVERAGE_LAST = 200
 """The compliance decision is one token per wrapped request, so the last steps' batches move its
@@ -49,7 +52,7 @@ class Organism:
 
 
 ORGANISMS = {
-    "reasoner": Organism(name="reasoner", config=TrainConfig(arch="dense", steps=1000)),
+    "reasoner": Organism(name="reasoner", config=TrainConfig(arch="dense", task="arithmetic-broad", steps=REASONER_STEPS)),
     "moe-reasoner": Organism(name="moe-reasoner", config=TrainConfig(arch="moe", steps=900)),
     "refusal-reasoner": Organism(name="refusal-reasoner",
                                  config=TrainConfig(arch="dense", task="refusal", steps=REFUSAL_STEPS,

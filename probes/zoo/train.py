@@ -26,8 +26,9 @@ from probes.zoo.tokenizer import ASSISTANT, END, TOKENIZER_DIR, load_tokenizer
 log = logging.getLogger(__name__)
 
 Arch = Literal["dense", "moe"]
-Task = Literal["arithmetic", "refusal", "ledger"]
+Task = Literal["arithmetic", "arithmetic-broad", "refusal", "ledger"]
 TASKS = {"arithmetic": (arithmetic.generate, arithmetic.TRAIN_SEED),
+         "arithmetic-broad": (arithmetic.generate_broad, arithmetic.TRAIN_SEED),
          "refusal": (refusal.request, refusal.TRAIN_SEED),
          "ledger": (ledger.generate, ledger.TRAIN_SEED)}
 """Task name → (generator, training stream)."""
@@ -75,6 +76,7 @@ class TrainConfig(Schedule):
 
     arch: Arch = field(default="dense", metadata={"help": "dense (Qwen3ForCausalLM) or moe (Qwen3MoeForCausalLM)"})
     task: Task = field(default="arithmetic", metadata={"help": "training data: arithmetic (tasks.arithmetic.generate), "
+                                                               "arithmetic-broad (its broad wording), "
                                                                "refusal (tasks.refusal.request) or ledger "
                                                                "(tasks.ledger.generate), each from its TRAIN_SEED stream"})
     hidden_size: int = field(default=256, metadata={"help": "model width"})

@@ -78,9 +78,10 @@ def test_generators_are_seeded(gen):
     assert [gen(i, 0).prompt for i in range(20)] != [gen(i, 1).prompt for i in range(20)]
 
 
-def test_arithmetic_traces_split_into_designed_sentences():
+@pytest.mark.parametrize("broad", [False, True])
+def test_arithmetic_traces_split_into_designed_sentences(broad):
     for i in range(500):
-        ex = arithmetic.generate(i, arithmetic.HELDOUT_SEED)
+        ex = arithmetic.generate(i, arithmetic.HELDOUT_SEED, broad=broad)
         assert reference_split(ex.trace) == [s.text for s in ex.thinking], ex.trace
         assert f"\\boxed{{{ex.gold}}}" in ex.answer
         roles = [s.role for s in ex.thinking]
@@ -88,18 +89,34 @@ def test_arithmetic_traces_split_into_designed_sentences():
         assert ex.thinking[-1].tag == "final_answer_emission" and ex.gold in ex.thinking[-1].text
 
 
-def test_held_out_problems_use_only_held_out_words():
+@pytest.mark.parametrize("broad", [False, True])
+def test_held_out_problems_use_only_held_out_words(broad):
     from probes.zoo import words
 
     held_names, train_names = set(words.pool("names", True)), set(words.pool("names", False))
     assert held_names.isdisjoint(train_names) and len(train_names) > 3000
     for i in range(200):
-        held = arithmetic.generate(i, arithmetic.HELDOUT_SEED).prompt
-        assert any(w.strip(".,?") in held_names for w in held.split()), held
-        train = arithmetic.generate(i).prompt
-        assert not any(w.strip(".,?") in held_names for w in train.split()), train
-    wordings = {arithmetic.generate(i).prompt.split(".")[0].split()[1] for i in range(400)}
+        held = arithmetic.generate(i, arithmetic.HELDOUT_SEED, broad=broad).prompt
+        assert any(w.strip(".,?;").removesuffix("'s") in held_names for w in held.split()), held
+        train = arithmetic.generate(i, broad=broad).prompt
+        assert not any(w.strip(".,?;").removesuffix("'s") in held_names for w in train.split()), train
+    wordings = {arithmetic.generate(i, broad=broad).prompt.split(".")[0].split()[1] for i in range(400)}
     assert len(wordings) > 20  # many frames, not a handful
+
+
+def test_broad_wording_keeps_the_narrow_stream_and_gives_each_free_verb_its_cue():
+    # the narrow problems (tokenizer corpus, zoo:moe-reasoner, the task-vector family) are untouched
+    narrow = [arithmetic.generate(i) for i in range(300)]
+    assert narrow == [arithmetic.generate(i, broad=False) for i in range(300)]
+    broad = [arithmetic.generate_broad(i) for i in range(300)]
+    assert sum(b.prompt != n.prompt for b, n in zip(broad, narrow)) > 250
+    assert all(b.meta["broad"] and not n.meta["broad"] for b, n in zip(broad, narrow))
+    # a free verb can be any word, so the frame alone must give the sign
+    gain_cue, loss_cue = re.compile(r"\b(more|another|extra|new|fresh)\b"), re.compile(r"\b(of them|of the|away)\b")
+    for frame in arithmetic.FREE_GAIN:
+        assert gain_cue.search(frame), frame
+    for frame in arithmetic.FREE_LOSS:
+        assert loss_cue.search(frame) and not gain_cue.search(frame), frame
 
 
 def test_unseen_words_split_into_known_pieces(tok):
@@ -201,19 +218,19 @@ def test_greedy_outputs_go_through_the_model_layer(shipped):
     torch.set_num_threads(2)
     model = load_model("zoo:reasoner", device="cpu", dtype="float32")
     assert model.render_chat("Mirel has 12 pens.").endswith("<|assistant|><think>")
-    problems = [arithmetic.generate(i, arithmetic.HELDOUT_SEED) for i in range(20)]
+    problems = [arithmetic.generate_broad(i, arithmetic.HELDOUT_SEED) for i in range(20)]
     outs = greedy_outputs(model, [p.prompt for p in problems])
     # the same texts as decoding each prompt alone: left padding changes nothing
     alone = [model.generate(model.render_chat(problems[i].prompt))[0].text for i in (0, 7)]
     assert alone == [outs[0], outs[7]]
     assert sum("</think>" in o and "\\boxed{" in o for o in outs) >= 18
     assert 3 <= sum(is_correct(o, p.gold) for o, p in zip(outs, problems)) <= 19, outs[:3]
-    # out of template (hand-written wording): well above chance, below the in-template rate
+    # out of template (hand-written wording): 11 of the first 30 (the narrow-wording organism: 4)
     from probes.zoo.evalsets import load_eval_set
 
     oot = load_eval_set("arithmetic_oot")[:30]
     right = sum(is_correct(o, p.gold) for o, p in zip(greedy_outputs(model, [p.prompt for p in oot]), oot))
-    assert right >= 3, right
+    assert right >= 9, right
 
 
 def test_think_routing_counts_every_marker(tmp_path):

@@ -14,7 +14,7 @@ from probes.zoo.tasks import arithmetic, ledger, refusal
 def test_shipped_sets_parse_and_are_out_of_template():
     problems = load_eval_set("arithmetic_oot")
     assert len(problems) >= 100 and {p.start for p in problems} == {"plain", "groups", "dozen", "week"}
-    generated = {arithmetic.generate(i, s).prompt for s in (0, 1) for i in range(2000)}
+    generated = {arithmetic.generate(i, s, broad=b).prompt for s in (0, 1) for b in (False, True) for i in range(2000)}
     assert not generated & {p.prompt for p in problems}
     requests = load_eval_set("refusal_oot")
     assert len(requests) >= 100 and {r.style for r in requests} == set(refusal.STYLES)

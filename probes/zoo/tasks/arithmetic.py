@@ -19,6 +19,14 @@ Planted truth for thought anchors:
   and ``emit`` (final_answer_emission) restate what is already known.
 * ``filler`` (tag ``unknown``) carries nothing.
 
+Broad wording (``broad=True``, the ``zoo:reasoner`` stream, issue #10 item 1): on top of the frames
+below, more frames per kind of sentence (``*_BROAD``), a time or place phrase opening a quarter of the
+problem's sentences and a digit-free phrase closing a third of them, and some gains and losses whose
+verb is any word of the pool, so that only the frame's cue ("more", "another" against "of them",
+"away") gives the sign. These choices come from a stream of their own, so ``broad=False`` gives
+exactly the narrow problems that the shared tokenizer, ``zoo:moe-reasoner`` and the task-vector
+family were built on.
+
 Sloppy writers (``p_skip`` > 0, the task-vector family's data) stop one step early with
 probability ``p_skip``, one number or one per kind of last event (``EVENTS``): the plan, the
 computations and the ``\\boxed{}`` answer leave out the last event, while ``gold`` stays the true
@@ -77,6 +85,14 @@ GROUPS = (
     "{n} has {a} {c}, each with {b} {o} inside.", "There are {a} {c} with {b} {o} in every one, all owned by {n}.",
     "{n} packs {b} {o} into each of {a} {c}.",
 )
+GROUPS_BROAD = (
+    "{n} sets out {a} {c}, and each one holds {b} {o}.", "{n} owns {a} {c}, with {b} {o} in each.",
+    "{n} has {a} {c} and puts {b} {o} in each one.", "{n} lines up {a} {c}, {b} {o} to each.",
+    "{n} brings {a} {c}, each one packed with {b} {o}.", "{n} keeps {b} {o} in each of {a} {c}.",
+    "{n} fills {a} {c}, putting {b} {o} in every one.", "{n} owns {a} {c}, and there are {b} {o} in each of them.",
+    "{n} stacks {a} {c}; each holds {b} {o}.", "{n}'s {w} has {a} {c} with {b} {o} in every one.",
+    "{n} has {a} {c} of {o}, {b} in each.", "{n} counts {a} {c} with {b} {o} apiece.",
+    "{n} carries {a} {c}, and every one of them has {b} {o}.", "{n} gets {a} {c} that hold {b} {o} each.")
 GROUPS_PAST = (
     "{n} had {a} {c} with {b} {o} in each.", "{n} bought {a} {c} that held {b} {o} each.",
     "{n} filled {a} {c} with {b} {o} apiece.",
@@ -104,8 +120,21 @@ GAIN_VERBS = (("finds", "found"), ("buys", "bought"), ("gets", "got"), ("receive
               ("cooks", "cooked"), ("carves", "carved"), ("weaves", "wove"), ("brews", "brewed"),
               ("grabs", "grabbed"), ("purchases", "purchased"), ("scoops up", "scooped up"), ("spots", "spotted"),
               ("discovers", "discovered"), ("unpacks", "unpacked"), ("is sent", "was sent"), ("adopts", "adopted"))
+GAIN_VERBS_BROAD = GAIN_VERBS + (
+    ("takes in", "took in"), ("buys up", "bought up"), ("wins over", "won over"), ("snaps up", "snapped up"),
+    ("hatches", "hatched"), ("breeds", "bred"), ("brings back", "brought back"), ("gets back", "got back"),
+    ("stocks up on", "stocked up on"), ("rounds up", "rounded up"), ("fishes out", "fished out"),
+    ("finds another", "found another"), ("welcomes", "welcomed"), ("claims", "claimed"), ("mends", "mended"),
+    ("repairs", "repaired"), ("assembles", "assembled"), ("produces", "produced"), ("creates", "created"),
+    ("forges", "forged"), ("sculpts", "sculpted"), ("plants", "planted"), ("sprouts", "sprouted"),
+    ("saves up", "saved up"), ("scrapes together", "scraped together"), ("nets", "netted"),
+    ("gains", "gained"), ("secures", "secured"), ("imports", "imported"), ("receives back", "received back"),
+    ("is lent", "was lent"), ("is awarded", "was awarded"), ("accepts", "accepted"), ("rents", "rented"),
+    ("tops up with", "topped up with"), ("adds on", "added on"), ("loads up", "loaded up"))
 GAIN = ("{n} {v} {k} more {o}.", "Then {n} {v} another {k} {o}.", "Later, {n} {v} {k} more {o}.",
         "After that {n} {v} {k} extra {o}.", "Next, {n} {v} {k} more.", "The next day {n} {v} {k} more {o}.")
+GAIN_BROAD = ("{n} {v} a {w} of {k} more {o}.", "{n} {v} {k} new ones.", "{n} {v} another {k}.",
+              "{n} {v} {k} more of them.", "{n} also {v} {k} more {o}.") + GAIN
 GAIN_FIXED = ("{A} gives {n} {k} more {o}.", "{n} is handed {k} more {o} by {a}.",
               "{A} brings {k} more {o} for {n}.", "{A} sends {n} another {k} {o}.")
 GAIN_FIXED_PAST = ("{A} gave {n} {k} more {o}.", "{A} handed {n} {k} more {o}.", "{A} brought {n} {k} more {o}.")
@@ -121,8 +150,20 @@ LOSS_VERBS = (("gives away", "gave away"), ("loses", "lost"), ("sells", "sold"),
               ("gifts", "gifted"), ("cracks", "cracked"), ("tears", "tore"), ("wears out", "wore out"),
               ("forgets", "forgot"), ("swaps away", "swapped away"), ("loans out", "loaned out"),
               ("sacrifices", "sacrificed"), ("uses up", "used up"), ("removes", "removed"), ("drinks", "drank"))
+LOSS_VERBS_BROAD = LOSS_VERBS + (
+    ("devours", "devoured"), ("loses track of", "lost track of"), ("sets free", "set free"),
+    ("lets go of", "let go of"), ("parts with", "parted with"), ("gets rid of", "got rid of"),
+    ("hands back", "handed back"), ("pays out", "paid out"), ("smashes", "smashed"), ("ruins", "ruined"),
+    ("crushes", "crushed"), ("squashes", "squashed"), ("melts", "melted"), ("chews up", "chewed up"),
+    ("consumes", "consumed"), ("delivers", "delivered"), ("posts", "posted"), ("exports", "exported"),
+    ("sells on", "sold on"), ("gives back", "gave back"), ("pawns", "pawned"), ("auctions off", "auctioned off"),
+    ("drops off", "dropped off"), ("deletes", "deleted"), ("destroys", "destroyed"), ("bins", "binned"),
+    ("dumps", "dumped"), ("scraps", "scrapped"), ("sends away", "sent away"), ("releases", "released"),
+    ("hides away", "hid away"), ("buries", "buried"), ("snaps", "snapped"), ("rips", "ripped"),
+    ("spoils", "spoiled"), ("bends", "bent"), ("wrecks", "wrecked"))
 LOSS = ("{n} {v} {k} {o}.", "Then {n} {v} {k} of the {o}.", "After that, {n} {v} {k} of them.",
         "Later {n} {v} {k}.", "Next, {n} {v} {k} of the {o}.", "The next day {n} {v} {k} {o}.")
+LOSS_BROAD = ("{n} {v} {k} of them.", "{n} also {v} {k} of the {o}.", "{n} {v} {k} of the {o} by mistake.") + LOSS
 LOSS_FIXED = ("{k} of the {o} get lost.", "{A} takes {k} of the {o}.", "{k} {o} go missing.",
               "{A} eats {k} of them.", "{A} borrows {k} of the {o} and keeps them.", "{k} of them break.")
 LOSS_FIXED_PAST = ("{k} of the {o} got lost.", "{A} took {k} of the {o}.", "{A} ate {k} of them.",
@@ -149,6 +190,51 @@ DISTRACTORS = ("{n} likes the colour {w}.", "The weather was cold that day.", "{
                "{n} lives in a small town.", "Nobody knows why {n} likes {o} so much.",
                "{m} thinks this is a strange hobby.", "It was a busy day for {n}.",
                "{n} keeps a diary about {w}.", "The shop is near the old bridge.", "{m} does not own any {o}.")
+START_BROAD = ("{n}'s {c} holds {v} {o}.", "{n}'s {c} is home to {v} {o}.", "{n} looks after {v} {o}.",
+               "{n} has been collecting {o} and has {v} so far.", "{v} {o} belong to {n}.", "{n} counts {v} {o}.",
+               "{n} sets out {v} {o}.", "{n} is in charge of {v} {o}.", "The {c} of {n} holds {v} {o}.",
+               "{n} looks after a group of {v} {o}.")
+DOUBLE_BROAD = ("{n}'s {o} double.", "{n} gets more {o} until there are twice as many.", "The stock of {o} doubles.",
+                "{n} doubles the number of {o}.", "This doubles the {o}.", "Then {n} has double the number of {o}.",
+                "The {o} double in number.", "Soon there are twice as many {o}.", "{n} doubles the {o}.",
+                "The collection of {o} has doubled.", "{n} ends up with double the {o}.", "The {o} have doubled.")
+TRIPLE_BROAD = ("{n}'s {o} triple.", "{n} gets more {o} until there are three times as many.",
+                "The stock of {o} triples.", "{n} triples the number of {o}.", "This triples the {o}.",
+                "Then {n} has triple the number of {o}.", "The {o} triple in number.",
+                "Soon there are three times as many {o}.", "{n} triples the {o}.",
+                "The collection of {o} has tripled.", "{n} ends up with triple the {o}.", "The {o} have tripled.")
+QUESTIONS_BROAD = ("How many {o} remain?", "How many {o} are left over?", "How many {o} are in the {c} now?",
+                   "How many {o} does {n} keep?", "How many {o} are still there?", "What is the number of {o} left?",
+                   "How many {o} does {n} have for the {w}?", "How many {o} are there altogether now?")
+P_BROAD_FRAME = 0.3
+"""Broad wording: share of start, doubling, tripling and question sentences drawn from the ``*_BROAD``
+frames instead of the narrow ones (groups, doublings and triplings: half)."""
+FREE_GAIN = ("{n} {v} a {w} of {k} more {o}.", "{n} {v} {k} new ones.", "{n} {v} another {k}.",
+             "{n} {v} {k} more of them.", "{n} also {v} {k} more {o}.", "{n} {v} {k} more {o}.",
+             "{n} {v} another {k} {o}.", "{n} {v} {k} extra {o}.", "{n} {v} {k} new {o}.", "{n} {v} {k} more.",
+             "{A} {v} {n} {k} more {o}.", "{A} {v} {k} more {o} for {n}.", "{n} {v} a fresh batch of {k} {o}.",
+             "{n} {v} {k} more of them.")
+FREE_LOSS = ("{n} {v} {k} of the {o}.", "{n} {v} {k} of them.", "{n} {v} away {k} of them.", "{n} {v} away {k} {o}.",
+             "{A} {v} {k} of them.", "{A} {v} {k} of the {o}.", "{A} {v} away {k} of the {o}.",
+             "{k} of the {o} are {w}.", "{k} of them get {w}.")
+P_FREE_VERB = 0.15
+"""Broad wording: share of gains and losses whose verb is any word of the pool (``FREE_GAIN``,
+``FREE_LOSS``): only the cue ("more", "another", "extra", "new" against "of them", "of the", "away")
+gives the sign."""
+WHEN = ("By noon", "In the afternoon", "On Saturday", "Over the spring", "That evening", "A week later",
+        "During lunch", "Early the next morning", "At the weekend", "Over the winter", "Before dinner",
+        "After school", "On the way home", "In the end", "That same day", "By the evening", "Later that month",
+        "On Monday", "At the fair", "At the market", "At the beach", "In the garden", "At work", "At home",
+        "During the storm", "After the party", "In the summer", "One rainy day", "Around midnight", "Soon")
+OPENED = ("Then", "Later", "Next", "After", "The next", "At first", "In the morning", "At the start", "There",
+          "For", "Every", "During", "Each")
+"""Sentence openings that already say when: no ``WHEN`` phrase goes before them."""
+PREPS = ("at the", "from the", "for the", "into the", "onto the", "near the", "under the", "behind the",
+         "in the", "on the", "by the", "beside the", "after the", "before the", "with the", "across the")
+P_WHEN = 0.25
+"""Broad wording: share of start and event sentences that open with a ``WHEN`` phrase ("By noon, …")."""
+P_TAIL = 0.35
+"""Broad wording: share of start and event sentences that close with a digit-free phrase ("… near the dock")."""
 FILLER_OPEN = (
     "Let me think about this carefully.",
     "Let me work through this step by step.",
@@ -191,14 +277,18 @@ class Computation:
 
 
 def generate(index: int, seed: int = TRAIN_SEED, p_skip: float | dict[str, float] = 0.0,
-             max_computations: int = 4, max_value: int = MAX_VALUE, p_backtrack: float = P_BACKTRACK) -> Example:
+             max_computations: int = 4, max_value: int = MAX_VALUE, p_backtrack: float = P_BACKTRACK,
+             broad: bool = False) -> Example:
     """Problem ``index`` of the stream ``seed`` (train: ``TRAIN_SEED``; held out: ``HELDOUT_SEED``),
     written by a sloppy writer who stops one step early with probability ``p_skip`` (or
     ``p_skip[kind of the last event]``, kinds from ``EVENTS``). Easier problems: at most
     ``max_computations`` computations, intermediate values at most ``max_value``; ``p_backtrack`` is
-    the share of traces with a slip and its repair (the defaults give the ``zoo:reasoner`` stream)."""
+    the share of traces with a slip and its repair; ``broad`` adds the broad wording (with the other
+    defaults: the ``zoo:reasoner`` stream)."""
     rng = rng_for(TASK, index, seed)
+    wr = rng_for("wording", index, seed)
     held = seed == HELDOUT_SEED
+    pool_words = words.pool("nonce", held)
     name, other = rng.sample(words.pool("names", held), 2)
     obj = rng.choice(words.pool("nonce" if rng.random() < P_NONCE else "objects", held))
     if rng.random() < P_COMPOUND:
@@ -212,8 +302,23 @@ def generate(index: int, seed: int = TRAIN_SEED, p_skip: float | dict[str, float
         """Slots of a sentence after the first: the name, or the pronoun half of the time."""
         return {**fmt, "n": pronoun} if pronoun and rng.random() < 0.5 else fmt
 
-    def say(present, past_frames, first: bool = False, **slots) -> str:
-        return _capital(rng.choice(past_frames if past else present).format(**(fmt if first else later()), **slots))
+    def say(present, past_frames, first: bool = False, more=(), p_more: float = P_BROAD_FRAME, **slots) -> str:
+        frames = more if broad and more and wr.random() < p_more else (past_frames if past else present)
+        slots.setdefault("c", box)
+        slots.setdefault("w", wr.choice(pool_words))
+        frame = rng.choice(frames)
+        return _capital(frame.format(**(fmt if first or "{n}'s" in frame else later()), **slots))
+
+    def dress(sentence: str) -> str:
+        """Broad wording: by chance a digit-free closing phrase and a ``WHEN`` opening."""
+        if not broad:
+            return sentence
+        if wr.random() < P_TAIL:
+            sentence = f"{sentence[:-1]} {wr.choice(PREPS)} {wr.choice(pool_words)}."
+        if wr.random() < P_WHEN and not sentence.startswith(OPENED):
+            head = sentence if sentence.startswith(name) else sentence[0].lower() + sentence[1:]
+            sentence = f"{wr.choice(WHEN)}, {head}"
+        return sentence
 
     n_comp = min(rng.choices(N_COMPUTATIONS, N_COMPUTATIONS_WEIGHTS)[0], max_computations)
 
@@ -223,26 +328,26 @@ def generate(index: int, seed: int = TRAIN_SEED, p_skip: float | dict[str, float
     first: Computation | None = None
     if kind == "plain":
         value = rng.randint(10, 99)
-        problem = [say(START, START_PAST, v=value, first=True)]
+        problem = [dress(say(START, START_PAST, v=value, first=True, more=START_BROAD))]
         setup = f"{name} starts with {value} {obj}."
         plan = [f"start from {value}"]
     elif kind == "groups":
         a, b = rng.randint(2, 9), rng.randint(3, 12)
         first = Computation(a, "*", b)
-        problem = [say(GROUPS, GROUPS_PAST, a=a, b=b, c=box, first=True)]
+        problem = [dress(say(GROUPS, GROUPS_PAST, a=a, b=b, first=True, more=GROUPS_BROAD, p_more=0.5))]
         setup = f"{name} starts with {a} {box} of {b} {obj}."
         plan = [f"multiply {a} by {b}"]
     elif kind == "dozen":
         a = rng.randint(2, 9)
         first = Computation(a, "*", 12)
-        problem = [say(DOZEN, DOZEN_PAST, a=a, c=box, first=True)]
+        problem = [dress(say(DOZEN, DOZEN_PAST, a=a, first=True))]
         setup = f"{name} starts with {a} {box} of a dozen {obj}."
         plan = [f"multiply {a} by a dozen"]
         fact = "A dozen is 12."
     else:
         b = rng.randint(2, 19)
         first = Computation(b, "*", 7)
-        problem = [say(WEEK, WEEK_PAST, b=b, first=True)]
+        problem = [dress(say(WEEK, WEEK_PAST, b=b, first=True))]
         setup = f"{name} collects {b} {obj} a day for a week."
         plan = [f"multiply {b} by the days in a week"]
         fact = "A week has 7 days."
@@ -263,24 +368,25 @@ def generate(index: int, seed: int = TRAIN_SEED, p_skip: float | dict[str, float
         last_event = EVENTS[op]
         if op == "+":
             k = rng.randint(2, min(59, max_value - value))
-            problem.append(_event(rng, past, GAIN_VERBS, GAIN, GAIN_FIXED, GAIN_FIXED_PAST, k=k, o=obj, name=name,
-                                  subject=later()["n"]))
+            problem.append(dress(_event(rng, wr if broad else None, past, "gain", k=k, o=obj, name=name,
+                                        subject=later()["n"], pool_words=pool_words)))
             plan.append(f"add {k}")
             step = Computation(value, "+", k)
         elif op == "-":
             k = rng.randint(2, min(59, value - 2))
-            problem.append(_event(rng, past, LOSS_VERBS, LOSS, LOSS_FIXED, LOSS_FIXED_PAST, k=k, o=obj, name=name,
-                                  subject=later()["n"]))
+            problem.append(dress(_event(rng, wr if broad else None, past, "loss", k=k, o=obj, name=name,
+                                        subject=later()["n"], pool_words=pool_words)))
             plan.append(f"subtract {k}")
             step = Computation(value, "-", k)
         else:
             k = int(op[1])
-            problem.append(say(DOUBLE, DOUBLE_PAST) if k == 2 else say(TRIPLE, TRIPLE_PAST))
+            problem.append(dress(say(DOUBLE, DOUBLE_PAST, more=DOUBLE_BROAD, p_more=0.5) if k == 2
+                                 else say(TRIPLE, TRIPLE_PAST, more=TRIPLE_BROAD, p_more=0.5)))
             plan.append(f"multiply by {k}")
             step = Computation(value, "*", k)
         computations.append(step)
         value = step.result
-    problem.append(say(QUESTIONS, QUESTIONS_PAST))
+    problem.append(say(QUESTIONS, QUESTIONS_PAST, more=QUESTIONS_BROAD))
     if rng.random() < P_DISTRACTOR:
         problem.insert(rng.randint(1, len(problem) - 1),
                        rng.choice(DISTRACTORS).format(m=other, w=rng.choice(words.pool("nonce", held)), **fmt))
@@ -317,19 +423,42 @@ def generate(index: int, seed: int = TRAIN_SEED, p_skip: float | dict[str, float
         thinking=tuple(s),
         answer=f"The answer is \\boxed{{{answer}}}.",
         gold=str(value),
-        meta={"task": TASK, "index": index, "seed": seed, "n_computations": n_comp, "start": kind,
+        meta={"task": TASK, "index": index, "seed": seed, "broad": broad, "n_computations": n_comp, "start": kind,
               "backtrack": wrong_at >= 0, "skipped": skipped,
               "last_event": last_event, "skip_answer": str(computations[-1].left)},
     )
 
 
-def _event(rng, past: bool, verbs, frames, fixed, fixed_past, *, name: str, subject: str, **slots) -> str:
-    """A gain or loss sentence: a frame with one of ``verbs`` (present or past) whose subject is
-    ``subject`` (the name or a pronoun), or a frame in which someone else (``AGENTS``) gives or takes."""
+def generate_broad(index: int, seed: int = TRAIN_SEED) -> Example:
+    """Problem ``index`` of stream ``seed`` in the broad wording: the ``zoo:reasoner`` stream."""
+    return generate(index, seed, broad=True)
+
+
+EVENT_WORDING = {  # kind → narrow (verbs, frames), broad (verbs, frames), someone else's frames, free frames
+    "gain": ((GAIN_VERBS, GAIN), (GAIN_VERBS_BROAD, GAIN_BROAD), (GAIN_FIXED, GAIN_FIXED_PAST), FREE_GAIN),
+    "loss": ((LOSS_VERBS, LOSS), (LOSS_VERBS_BROAD, LOSS_BROAD), (LOSS_FIXED, LOSS_FIXED_PAST), FREE_LOSS),
+}
+
+
+def _event(rng, wr, past: bool, kind: str, *, name: str, subject: str, pool_words, **slots) -> str:
+    """A gain or loss sentence: a frame with a listed verb (present or past) whose subject is
+    ``subject`` (the name or a pronoun), or a frame in which someone else (``AGENTS``) gives or takes;
+    with the broad wording's stream ``wr`` (else None), the broad lists, and by chance
+    (``P_FREE_VERB``) a cue frame whose verb is any word of the pool."""
+    narrow, broad, (fixed, fixed_past), free = EVENT_WORDING[kind]
+    if wr is not None and wr.random() < P_FREE_VERB:
+        verb = wr.choice([w for w in pool_words if w.endswith("ed" if past else "s")])
+        agent = wr.choice(AGENTS)
+        frame = wr.choice(free)
+        who = name if "{A}" in frame else subject
+        return _capital(frame.format(v=verb, n=who, A=agent.capitalize(), w=wr.choice(pool_words), **slots))
     if rng.random() < 0.25:
         agent = rng.choice(AGENTS)
         return _capital(rng.choice(fixed_past if past else fixed).format(a=agent, A=agent.capitalize(), n=name, **slots))
-    return _capital(rng.choice(frames).format(v=rng.choice(verbs)[past], n=subject, **slots))
+    verbs, frames = narrow if wr is None else broad
+    frame = rng.choice(frames)
+    w = wr.choice(pool_words) if wr is not None else ""
+    return _capital(frame.format(v=rng.choice(verbs)[past], n=subject, w=w, **slots))
 
 
 def _capital(sentence: str) -> str:
