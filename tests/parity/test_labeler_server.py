@@ -87,7 +87,8 @@ def test_llm_labeler_round_trip(server, sent, replies):
     message = reply.choices[0].message
     # transformers serve puts text before a closing </think> in reasoning_content; this organism never closes it
     answered = (message.content or "") + ((message.model_extra or {}).get("reasoning_content") or "")
-    assert continuation and continuation in answered
+    # compared up to whitespace: the server and a local decode may space repeated digits differently
+    assert continuation.strip() and " ".join(continuation.split()) in " ".join(answered.split())
     assert re.match(rf"labeler endpoint {re.escape(labeler.url)}: the labeler answered without a JSON labeling "
                     r"\(.+\): '.+'; label offline with probes\.anchors\.taxonomy\.RuleLabeler\(\) instead$",
                     str(info.value), re.S), str(info.value)
