@@ -31,15 +31,15 @@ from dataclasses import asdict, dataclass, field
 from probes.evals.answers import extract_boxed
 from probes.evals.sampling import TEMPERATURE, TOP_P, sample_seed
 from probes.models.chat import thinking_and_answer
-from probes.zoo.tasks import arithmetic, ledger
+from probes.zoo.tasks import arithmetic
+from probes.zoo.train import TASKS
 
 log = logging.getLogger(__name__)
 
 MAX_NEW_TOKENS = 256
 REFUSAL_MAX_NEW_TOKENS = 128
-GENERATORS = {"arithmetic": arithmetic.generate, "arithmetic-broad": arithmetic.generate_broad,
-              "ledger": ledger.generate}
-"""Task → held-out problem generator of the reasoners (``train.TASKS`` names)."""
+GENERATORS = {task: generate for task, (generate, _) in TASKS.items() if task != "refusal"}
+"""Task → held-out problem generator of the reasoners (``train.TASKS``)."""
 TASK_MAX_NEW_TOKENS = {"arithmetic": MAX_NEW_TOKENS, "arithmetic-broad": MAX_NEW_TOKENS, "ledger": 448}
 OOT_SETS = {"arithmetic": "arithmetic_oot", "arithmetic-broad": "arithmetic_oot", "ledger": "ledger_oot"}
 """Task → its hand-written out-of-template evaluation set (``evalsets.load_eval_set``)."""
