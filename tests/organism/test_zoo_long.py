@@ -9,22 +9,26 @@ from probes.zoo.tasks import ledger
 
 
 def test_ledgers_are_long_split_exactly_and_add_up():
-    ops = {"plus": lambda a, b: a + b, "minus": lambda a, b: a - b, "times": lambda a, b: a * b}
     for i in range(200):
         ex = ledger.generate(i, ledger.HELDOUT_SEED)
         assert split_solution_into_chunks(ex.trace) == [s.text for s in ex.thinking]
         assert 20 <= len(ex.thinking) <= 40
         roles = [s.role for s in ex.thinking]
-        assert roles.index("price") == 5 and roles.index("rent") == 7
+        assert roles.index("price") == 4 and roles.index("rent") == 5 and roles.count("price") == roles.count("rent") == 1
+        price, rent, days = ex.meta["price"], ex.meta["rent"], ex.meta["days"]
+        assert f" {price} coins" in ex.thinking[4].text and f" {rent} coins" in ex.thinking[5].text
+        numbers = [[int(x) for x in re.findall(r"\d+", s.text)] for s in ex.thinking]
+        sales = [n[1] for n, r in zip(numbers, roles) if r == "sales"]
+        brings = [n[0] for n, r in zip(numbers, roles) if r == "bring"]
+        keeps = [n[1] for n, r in zip(numbers, roles) if r == "keep"]
+        assert len(sales) == days and brings == [c * price for c in sales] and keeps == [g - rent for g in brings]
+        total = keeps[0]
         for s in ex.thinking:
-            m = re.fullmatch(r"(\d+) (plus|minus|times) (\d+) is (\d+)\.", s.text)
+            m = re.fullmatch(r"(\d+) plus (\d+) is (\d+)\.", s.text)
             if m:
-                a, op, b, c = m.groups()
-                assert ops[op](int(a), int(b)) == int(c), s
-        price, rent = ex.meta["price"], ex.meta["rent"]
-        assert sum(f" {price} is " in s.text for s in ex.thinking if s.role == "compute") >= ex.meta["days"]
-        assert sum(f"minus {rent} is" in s.text for s in ex.thinking) == ex.meta["days"]
-        assert f"\\boxed{{{ex.gold}}}" in ex.answer and int(ex.gold) > 0
+                assert int(m[1]) == total and int(m[3]) == total + int(m[2]), s
+                total = int(m[3])
+        assert total == sum(keeps) and f"\\boxed{{{ex.gold}}}" in ex.answer and int(ex.gold) > 0
 
 
 def test_receiver_check_runs_on_an_untrained_model():
@@ -46,8 +50,9 @@ def test_receiver_check_runs_on_an_untrained_model():
 
 
 def test_long_reasoner_reads_its_broadcast_sentences(shipped):
-    """Fast behaviour check: teacher-forced on held-out ledgers, the organism copies the price and
-    the rent into the day computations (the planted reading), and writes long traces."""
+    """Fast behaviour check: teacher-forced on held-out ledgers, the organism writes what each day
+    brings (sales × the price) and keeps (that less the rent), values it can only read from the
+    two broadcast sentences (the planted reading)."""
     import torch
 
     from probes import load_model
@@ -62,11 +67,29 @@ def test_long_reasoner_reads_its_broadcast_sentences(shipped):
         text = model.render_chat(ex.prompt) + ex.trace
         ids = model.encode(text)
         pred = model.forward([text])[0].argmax(-1).tolist()
+        at = text.index(ex.trace)
         for s in ex.thinking:
-            m = re.fullmatch(r"(\d+) (times|minus) (\d+) is \d+\.", s.text)
-            if m:  # the operand read from the broadcast sentence: price after "times", rent after "minus"
-                start = text.index(s.text) + len(f"{m.group(1)} {m.group(2)} ")
-                (first, _), = model.token_ranges(text, [(start, start + len(m.group(3)))])
-                hits += pred[first - 1] == ids[first]
+            start = text.index(s.text, at)
+            at = start + len(s.text)
+            if s.role in ("bring", "keep"):  # the number the sentence ends with, all its tokens right
+                m = re.search(r"(\d+)( coins)?\.$", s.text)
+                (first, last), = model.token_ranges(text, [(start + m.start(1), start + m.end(1))])
+                hits += all(pred[t - 1] == ids[t] for t in range(first, last))
                 total += 1
-    assert hits / total >= 0.9, (hits, total)
+    assert total >= 6 * 6 and hits / total >= 0.9, (hits, total)
+
+
+def test_receiver_heads_single_out_the_broadcast_sentences(shipped):
+    """Issue #10's must-show on the shipped organism: the receiver-head pass on 10 held-out ledgers
+    gives reliable top heads well above the rest, and each trace's top receiver sentence is a
+    broadcast one (price or rent)."""
+    import torch
+
+    from probes import load_model
+    from probes.zoo.receiver_check import receiver_summary
+
+    torch.set_num_threads(2)
+    shipped("long-reasoner")
+    out = receiver_summary(load_model("zoo:long-reasoner", device="cpu", dtype="float32"))
+    assert out["gap"] > 2 and out["split_half"] >= 0.5, out
+    assert sum(out["top_sentence_roles"].get(r, 0) for r in ("price", "rent")) >= 8, out

@@ -2,14 +2,15 @@
 (issue #10, item 3: ``zoo:long-reasoner``; receiver heads, ``thought_anchors.md`` §6).
 
 A seller keeps a stall for 3–7 days. The price of one item is a base plus a tax, the daily rent a
-morning plus an afternoon fee; each day a number of items is sold. The trace (21–37 sentences) opens
-with a few sentences that restate and plan, then derives the price and the rent once, in two short
-**broadcast** sentences (``role="price"``, ``role="rent"``) a fifth of the way in; every day's block
-(three sentences) multiplies that day's sales by the price and subtracts the rent, so each broadcast sentence is read
-by every day, several sentences later; each day's result (``role="keep"``) is read again when the
-days are added up at the end. The prompt never states the price or the rent themselves, so the
-only place to read them from is the trace. Receiver heads should single out the two broadcast
-sentences (the planted truth, checked against an untrained model of the same shape,
+morning plus an afternoon fee; each day a number of items is sold. The trace (20–36 sentences) opens
+with a few sentences that restate and plan, then states the price and the rent once, in two short
+**broadcast** sentences (``role="price"``, ``role="rent"``, sentences 5 and 6); neither value is
+written again. Every day's block (three sentences) copies the day's sales from the prompt, writes
+what they bring (sales × price: ``role="bring"`` must read the price sentence) and what the day
+keeps (that less the rent: ``role="keep"`` must read the rent sentence); the keeps are read again
+when the days are added up at the end. The prompt never states the price or the rent themselves, so
+the broadcast sentences are the only place to read them from. Receiver heads should single them out
+(the planted truth, checked against an untrained model of the same shape,
 ``../shared/reference/receiver_heads_feasibility.md``).
 """
 
@@ -56,17 +57,16 @@ def generate(index: int, seed: int = TRAIN_SEED) -> Example:
          Sentence(text=f"{name} sells {obj} for {d} days.", tag="problem_setup", role="setup"),
          Sentence(text="I need the price, the rent and the sales of each day.", tag="plan_generation", role="plan"),
          Sentence(text="Then I add up what each day keeps.", tag="plan_generation", role="plan"),
-         Sentence(text=f"{a} plus {b} is {p}.", tag="active_computation", role="compute"),
-         Sentence(text=f"So each one brings {p} coins.", tag="result_consolidation", role="price"),
-         Sentence(text=f"{r1} plus {r2} is {r}.", tag="active_computation", role="compute"),
-         Sentence(text=f"So the stall costs {r} coins a day.", tag="result_consolidation", role="rent")]
+         Sentence(text=f"With the tax, each one brings {p} coins.", tag="result_consolidation", role="price"),
+         Sentence(text=f"In all, the stall costs {r} coins a day.", tag="result_consolidation", role="rent"),
+         Sentence(text="Each day, the sales times the price, less the rent.", tag="plan_generation", role="plan")]
     keeps = []
     for i, c in enumerate(counts, start=1):
         g = c * p
         keeps.append(g - r)
-        s += [Sentence(text=f"{c} times {p} is {g}.", tag="active_computation", role="compute"),
-              Sentence(text=f"{g} minus {r} is {g - r}.", tag="active_computation", role="compute"),
-              Sentence(text=f"Day {i} keeps {g - r}.", tag="result_consolidation", role="keep")]
+        s += [Sentence(text=f"Day {i}: {c} sold.", tag="fact_retrieval", role="sales"),
+              Sentence(text=f"They bring {g} coins.", tag="active_computation", role="bring"),
+              Sentence(text=f"Less the rent, day {i} keeps {g - r}.", tag="result_consolidation", role="keep")]
     s.append(Sentence(text=f"Now I add up the {d} days.", tag="plan_generation", role="plan"))
     total = keeps[0]
     for i, k in enumerate(keeps[1:], start=2):
