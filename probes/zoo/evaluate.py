@@ -40,7 +40,7 @@ MAX_NEW_TOKENS = 256
 REFUSAL_MAX_NEW_TOKENS = 128
 GENERATORS = {task: generate for task, (generate, _) in TASKS.items() if task != "refusal"}
 """Task → held-out problem generator of the reasoners (``train.TASKS``)."""
-TASK_MAX_NEW_TOKENS = {"arithmetic": MAX_NEW_TOKENS, "arithmetic-broad": MAX_NEW_TOKENS, "ledger": 448}
+TASK_MAX_NEW_TOKENS = {"arithmetic": MAX_NEW_TOKENS, "arithmetic-broad": MAX_NEW_TOKENS, "ledger": 512}
 OOT_SETS = {"arithmetic": "arithmetic_oot", "arithmetic-broad": "arithmetic_oot", "ledger": "ledger_oot"}
 """Task → its hand-written out-of-template evaluation set (``evalsets.load_eval_set``)."""
 def is_correct(output: str, gold: str) -> bool:

@@ -61,7 +61,7 @@ ORGANISMS = {
     # (receiver_heads_feasibility.md, lesson 3).
     "long-reasoner": Organism(name="long-reasoner", config=TrainConfig(
         arch="dense", task="ledger", steps=LONG_STEPS, batch_size=16, num_heads=8, head_dim=32, num_kv_heads=4,
-        max_length=640), eval_n=50),
+        max_length=704), eval_n=50),
 }
 
 

@@ -2,14 +2,15 @@
 (issue #10, item 3: ``zoo:long-reasoner``; receiver heads, ``thought_anchors.md`` §6).
 
 A seller keeps a stall for 3–7 days. The price of one item is a base plus a tax, the daily rent a
-morning plus an afternoon fee; each day a number of items is sold. The trace (20–36 sentences) opens
-with a few sentences that restate and plan, then states the price and the rent once, in two short
-**broadcast** sentences (``role="price"``, ``role="rent"``, sentences 5 and 6); neither value is
-written again. Every day's block (three sentences) copies the day's sales from the prompt, writes
-what they bring (sales × price: ``role="bring"`` must read the price sentence) and what the day
-keeps (that less the rent: ``role="keep"`` must read the rent sentence); the keeps are read again
-when the days are added up at the end. The prompt never states the price or the rent themselves, so
-the broadcast sentences are the only place to read them from. Receiver heads should single them out
+morning plus an afternoon fee; each day a number of items is sold. The trace (22–38 sentences) opens
+with a few sentences that restate and plan, copies the price's and the rent's parts from the prompt
+and states the price and the rent once each, in two short **broadcast** sentences (``role="price"``,
+``role="rent"``, sentences 6 and 8); neither value is written again. Every day's block (three
+sentences) copies the day's sales from the prompt, writes what they bring (sales × price:
+``role="bring"`` must read the price sentence) and what the day keeps (that less the rent:
+``role="keep"`` must read the rent sentence); the keeps are read again when the days are added up
+at the end. The prompt never states the price or the rent themselves, so the broadcast sentences
+are the only place to read them from. Receiver heads should single them out
 (the planted truth, checked against an untrained model of the same shape,
 ``../shared/reference/receiver_heads_feasibility.md``).
 """
@@ -57,7 +58,9 @@ def generate(index: int, seed: int = TRAIN_SEED) -> Example:
          Sentence(text=f"{name} sells {obj} for {d} days.", tag="problem_setup", role="setup"),
          Sentence(text="I need the price, the rent and the sales of each day.", tag="plan_generation", role="plan"),
          Sentence(text="Then I add up what each day keeps.", tag="plan_generation", role="plan"),
+         Sentence(text=f"One sells for {a} coins and {b} of tax.", tag="fact_retrieval", role="operands"),
          Sentence(text=f"With the tax, each one brings {p} coins.", tag="result_consolidation", role="price"),
+         Sentence(text=f"The fees are {r1} and {r2} coins.", tag="fact_retrieval", role="operands"),
          Sentence(text=f"In all, the stall costs {r} coins a day.", tag="result_consolidation", role="rent"),
          Sentence(text="Each day, the sales times the price, less the rent.", tag="plan_generation", role="plan")]
     keeps = []
