@@ -7,6 +7,8 @@ Capability issues add their stage and their section here.
     probes demo                          # zoo:reasoner → runs/demo/<run-id>/report.html
     probes demo --run-dir runs/demo/<id> # resume as configured
 
+The planted-receivers section runs the thought-anchors receiver-head check on ``zoo:long-reasoner``
+(``probes.zoo.receiver_check``: the organism whose price and rent sentences every later day reads).
 The steering, refusal, experts and task-vector sections run small ``experiments.steering`` and
 ``experiments.refusal_cliff`` runs on ``zoo:refusal-reasoner``, an ``experiments.moe_experts`` run on
 ``zoo:moe-reasoner`` and an ``experiments.task_vectors`` run on the ``zoo:tv-*`` family as sub-runs, ``<demo run>/<experiment>/<run-id>/`` (each with its own
@@ -25,10 +27,11 @@ import torch
 from experiments.steering import BehaviourName
 from probes.harness import Context, Experiment, ExperimentConfig, Stage, main, session_field
 
-StageName = Literal["model", "trace", "attention", "logit_lens", "thought_anchors", "steering", "refusal", "experts",
-                    "task_vectors", "report"]
-STAGES: tuple[StageName, ...] = ("model", "trace", "attention", "logit_lens", "thought_anchors", "steering", "refusal",
-                                 "experts", "task_vectors", "report")
+PLANTED_RECEIVERS = "zoo:long-reasoner"  # the organism with a planted receiver truth (probes.zoo.tasks.ledger)
+StageName = Literal["model", "trace", "attention", "logit_lens", "thought_anchors", "planted_receivers", "steering",
+                    "refusal", "experts", "task_vectors", "report"]
+STAGES: tuple[StageName, ...] = ("model", "trace", "attention", "logit_lens", "thought_anchors", "planted_receivers",
+                                 "steering", "refusal", "experts", "task_vectors", "report")
 
 
 def _default_prompt() -> str:
@@ -179,6 +182,16 @@ def stage_thought_anchors(ctx: Context) -> None:
     ctx.model_ = actx.model_
 
 
+def stage_planted_receivers(ctx: Context) -> None:
+    """The receiver-head pass on ``zoo:long-reasoner``, whose price and rent sentences every later day
+    must read (its card), beside an untrained model of the same shape (``probes.zoo.receiver_check``)."""
+    from probes import load_model
+    from probes.zoo.receiver_check import receiver_check
+
+    model = load_model(PLANTED_RECEIVERS, device=ctx.cfg.device, dtype="float32")
+    ctx.run.save_json("planted_receivers", receiver_check(model))
+
+
 def sub_run_dir(ctx: Context, experiment: str) -> Path | None:
     """The demo's sub-run of ``experiment`` (``<demo run>/<experiment>/<run-id>/``), if it was started."""
     runs = sorted(p for p in (ctx.run.path / experiment).glob("*") if (p / "config.json").is_file())
@@ -245,6 +258,8 @@ def stage_report(ctx: Context):
         report.add_text(f"Thought anchors at N = {cfg.anchors_rollouts} resamples per sentence (the paper uses 100: "
                         "`python -m experiments.thought_anchors`).")
         summary["thought_anchors"] = add_report_sections(actx, report)
+    if ctx.done("planted_receivers"):
+        summary["planted_receivers"] = add_planted_receivers_section(ctx, report)
     if ctx.done("steering") and sub_run_dir(ctx, "steering") is not None:
         summary["steering"] = add_steering_section(ctx, report)
     if ctx.done("refusal") and sub_run_dir(ctx, "refusal_cliff") is not None:
@@ -288,6 +303,22 @@ def add_trace_sections(ctx: Context, report) -> None:
                                             layer_labels=[f"L{L}" for L in range(lens.top_ids.shape[0])],
                                             title=f"Logit lens over the last {len(labels)} positions"),
                           "logit_lens", caption="Top next-token prediction decoded from each layer's residual stream.")
+
+
+def add_planted_receivers_section(ctx: Context, report) -> dict[str, Any]:
+    """The planted-receivers table: does the receiver-head method find the sentences the organism must read?"""
+    from probes.zoo.receiver_check import check_rows
+
+    check = ctx.run.load_json("planted_receivers")
+    t = check["trained"]
+    report.add_heading(f"Receiver heads on a planted organism ({PLANTED_RECEIVERS})")
+    report.add_table(check_rows(check), caption=(
+        f"The thought-anchors receiver-head pass (released settings, top-k = {t['top_k']}) on {t['traces']} held-out "
+        "ledgers read teacher-forced. Planted: every day's sentences must read the price and the rent, each written "
+        "once early in the trace, so a receiver method should put them on top; the untrained control shows what "
+        "position alone gives. Gap = top-k heads' mean kurtosis − the other heads' (layers ≥ 1)."))
+    return {"model": PLANTED_RECEIVERS, **{k: {x: v[x] for x in ("gap", "split_half", "top_sentence_roles")}
+                                           for k, v in check.items()}}
 
 
 def _interval(e) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 from string import Template
 
 from probes.models.chat import THINK_CLOSE, THINK_OPEN
+from probes.zoo.receiver_check import check_rows
 
 CARDS_DIR = Path(__file__).with_name("cards")
 _MARKER = re.compile(r"^<!-- section: (\S+) -->\n", re.MULTILINE)
@@ -110,12 +111,7 @@ def refusal_section(behaviour, eval_command: str) -> str:
 
 def receivers_section(check: dict, command: str) -> str:
     """The markdown section of the receiver-head check (``receiver_check.receiver_check``)."""
-    rows = []
-    for label, key in (("this organism", "trained"), ("untrained control", "untrained")):
-        r = check[key]
-        roles = ", ".join(f"{role} {n}" for role, n in r["top_sentence_roles"].items())
-        rows.append(f"| {label} | {', '.join(f'({a}, {b})' for a, b in r['heads'])} | {r['top_k_kurtosis']:.2f} | "
-                    f"{r['rest_kurtosis']:.2f} | {r['gap']:.2f} | {r['split_half']:.2f} | {roles} |")
+    rows = ["| " + " | ".join(r.values()) + " |" for r in check_rows(check)]
     t = check["trained"]
     return render("organisms.md", "receivers", top_k=t["top_k"], traces=t["traces"], command=command, rows="\n".join(rows))
 

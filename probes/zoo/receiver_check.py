@@ -69,3 +69,15 @@ def receiver_summary(model, n: int = N_TRACES, top_k: int = TOP_K, seed: int | N
 def receiver_check(model, n: int = N_TRACES, top_k: int = TOP_K) -> dict:
     """``receiver_summary`` of the organism and of its untrained control."""
     return {"trained": receiver_summary(model, n, top_k), "untrained": receiver_summary(untrained_copy(model), n, top_k)}
+
+
+def check_rows(check: dict) -> list[dict]:
+    """One row per model of a ``receiver_check`` result (the card's and the demo's table), rounded."""
+    rows = []
+    for label, key in (("this organism", "trained"), ("untrained control", "untrained")):
+        r = check[key]
+        rows.append({"model": label, "top-k heads (layer, head)": ", ".join(f"({a}, {b})" for a, b in r["heads"]),
+                     "top-k kurtosis": f"{r['top_k_kurtosis']:.2f}", "rest": f"{r['rest_kurtosis']:.2f}",
+                     "gap": f"{r['gap']:.2f}", "split-half r": f"{r['split_half']:.2f}",
+                     "top-scoring sentence per trace": ", ".join(f"{role} {n}" for role, n in r["top_sentence_roles"].items())})
+    return rows

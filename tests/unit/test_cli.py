@@ -34,7 +34,7 @@ def test_demo_writes_a_report_with_provenance(model_dir, tmp_path, capsys):
     run_dir = next((tmp_path / "demo").iterdir())
     report = (run_dir / "report.html").read_text()
     for heading in ("Model", "A reasoning trace", "Attention", "Logit lens", "Steering", "Chosen cell: layer",
-                    "Refusal cliff"):
+                    "Refusal cliff", "Receiver heads on a planted organism"):
         assert heading in report
     for figure in ("attention", "logit_lens", "steering_behaviour", "refusal_sentences"):
         assert (run_dir / "figures" / f"{figure}.html").is_file()
@@ -43,6 +43,8 @@ def test_demo_writes_a_report_with_provenance(model_dir, tmp_path, capsys):
     assert sub.parent.name == "steering" and (sub / "report.html").is_file() and (sub / "done" / "evaluate.json").is_file()
     assert steering["layer"] in (0, 1) and steering["alpha"] in (1.0, 4.0) and "prompting" in steering
     assert json.loads((sub / "config.json").read_text())["resolved"]["n_examples"] == 4
+    planted = json.loads((run_dir / "summary.json").read_text())["planted_receivers"]  # zoo:long-reasoner's price/rent
+    assert planted["trained"]["gap"] > planted["untrained"]["gap"] and "price" in planted["trained"]["top_sentence_roles"]
     refusal = json.loads((run_dir / "summary.json").read_text())["refusal"]  # on zoo:refusal-reasoner
     assert (run_dir / refusal["run"]).parent.name == "refusal_cliff" and refusal["harmful"]["refused"] == 1.0
     prov = json.loads((run_dir / "provenance.json").read_text())
