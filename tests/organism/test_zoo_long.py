@@ -93,3 +93,15 @@ def test_receiver_heads_single_out_the_broadcast_sentences(shipped):
     out = receiver_summary(load_model("zoo:long-reasoner", device="cpu", dtype="float32"))
     assert out["gap"] > 2 and out["split_half"] >= 0.5, out
     assert sum(out["top_sentence_roles"].get(r, 0) for r in ("price", "rent")) >= 6, out
+
+
+def test_receiver_table_rows_are_rounded_and_follow_the_card_columns():
+    from probes.zoo.card import receivers_section
+
+    one = {"heads": [[1, 5], [3, 4]], "top_k_kurtosis": 4.6637, "rest_kurtosis": -0.3929, "gap": 4.5013,
+           "split_half": 0.93394, "top_sentence_roles": {"price": 6, "filler": 4}, "traces": 10, "top_k": 2}
+    text = receivers_section({"trained": one, "untrained": {**one, "top_sentence_roles": {"setup": 10}}}, "CMD")
+    assert "| this organism | (1, 5), (3, 4) | 4.66 | -0.39 | 4.50 | 0.93 | price 6, filler 4 |" in text
+    assert "| untrained control | (1, 5), (3, 4) | 4.66 | -0.39 | 4.50 | 0.93 | setup 10 |" in text
+    header = next(line for line in text.splitlines() if line.startswith("| model"))
+    assert header.count("|") == text.splitlines()[text.splitlines().index(header) + 2].count("|")
