@@ -2,7 +2,8 @@
 layer, accuracy and thinking length against α beside a norm-matched random direction, and the report
 (reference/steering.md §1 "Efficiency steering", §5.7; the reading rule is ``probes.steering.efficiency``'s).
 
-    python -m experiments.efficiency_steering                        # zoo:reasoner, its arithmetic task
+    python -m experiments.efficiency_steering                        # zoo:verbosity-reasoner, arithmetic problems
+    python -m experiments.efficiency_steering --model zoo:reasoner   # no planted mode: no long-vs-short state
     python -m experiments.efficiency_steering --layers 1 2 --alphas -4 -2 0 2 4 --n-eval 200
     python -m experiments.efficiency_steering --run-dir runs/efficiency_steering/<id>   # resume
 
@@ -15,6 +16,10 @@ same seeds at every α: the verbose habits the direction should suppress appear 
 greedy with ``--temperature 0 --eval-samples 1``), and the same α·r for a random direction r of ‖v‖'s
 norm (one unit per layer, ``--executor ray``: one Ray task each); ``report`` draws accuracy against
 thinking length per α from the saved artifacts. The two problem sets do not overlap.
+
+The default model, ``zoo:verbosity-reasoner``, writes each response in a latent careful or brief
+mode (its card): the planted truth a long-vs-short direction should find. ``zoo:reasoner`` writes its
+optional sentences by independent coin flips, so it has no such state.
 
 Problems: ``zoo:arithmetic`` (held-out problems of the organisms' task), a public set by name
 (``gsm8k``, ``math-500``; online) or a JSONL file of ``{"prompt", "gold"}`` records.
@@ -40,7 +45,8 @@ STAGES: tuple[StageName, ...] = ("responses", "directions", "curves", "report")
 class EfficiencyConfig(ExperimentConfig):
     """Efficiency steering (reference/steering.md §1, §5.7): shorter thinking at equal accuracy?"""
 
-    model: str = field(default="zoo:reasoner", metadata={"help": "a reasoning model (zoo:NAME, directory or hub name)"})
+    model: str = field(default="zoo:verbosity-reasoner", metadata={
+        "help": "a reasoning model (zoo:NAME, directory or hub name)"})
     problems: str = field(default="zoo:arithmetic", metadata={
         "help": "zoo:arithmetic, a public set (gsm8k, math-500; online) or a JSONL file of {\"prompt\", \"gold\"}"})
     n_direction: int = field(default=60, metadata={"help": "problems whose sampled responses give the direction"})

@@ -35,7 +35,7 @@ from pathlib import Path
 # cores (measured here); passive waiting costs nothing when the cores are free. Must precede torch.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-SMOKE = dict(steps=3, batch_size=4)
+SMOKE = dict(steps=3, batch_size=4, average_last=2)
 
 
 def tv_smoke_config():

@@ -54,8 +54,30 @@ def organism_text(name: str, part: str) -> str:
         from probes.zoo.organisms import organism
 
         task = organism(name).config.task
-        return render("organisms.md", f"planted.{task.partition('-')[0]}")  # arithmetic-broad: as arithmetic
+        text = render("organisms.md", f"planted.{task.partition('-')[0]}")  # arithmetic-broad: as arithmetic
+        if task == "arithmetic-modes":
+            text += "\n\n" + modes_planted()
+        return text
     return render("organisms.md", f"{name}.{part}")
+
+
+def modes_planted() -> str:
+    """The planted verbosity mode's paragraph, its rates from ``arithmetic``."""
+    from probes.zoo.tasks import arithmetic as a
+
+    (cc, ck, cf), (bc, bk, bf) = a.VERBOSITY["careful"], a.VERBOSITY["brief"]
+    return render("organisms.md", "planted.arithmetic-modes", p_careful=f"{a.P_CAREFUL:g}",
+                  careful_consolidate=f"{cc:g}", brief_consolidate=f"{bc:g}", careful_filler=f"{cf:g}",
+                  brief_filler=f"{bf:g}", careful_check=f"{ck:g}", brief_check=f"{bk:g}",
+                  consolidate=f"{a.P_CONSOLIDATE:g}", filler=f"{a.P_FILLER_MID:g}", check=f"{a.P_CHECK:g}")
+
+
+def modes_section(modes: dict, samples: int) -> str:
+    """The markdown table of the verbosity mode read back (``evaluate.verbosity``, written and sampled)."""
+    rows = [f"| {label} ({m['traces']}) | {m['check']:.0%} | {m['consolidation_with_check']:.2f} / "
+            f"{m['consolidation_without_check']:.2f} | {m['tokens_with_check']:.0f} / {m['tokens_without_check']:.0f} | "
+            f"{m['r']:.2f} |" for label, m in modes.items()]
+    return render("organisms.md", "modes", samples=samples, rows="\n".join(rows))
 
 
 # -- behaviour sections -----------------------------------------------------------------------------
@@ -73,7 +95,9 @@ def behaviour_section(behaviour, eval_command: str) -> str:
         oot_row = (f"| greedy accuracy on {behaviour.n_oot} problems written by hand (`{oot_set}`: "
                    f"new names, objects, frames, questions) | {_pct_ci(behaviour.oot_greedy_accuracy)}; "
                    f"{ratio:.2f}× the in-template greedy accuracy |")
-    return render("organisms.md", "behaviour.arithmetic", oot_row=oot_row, eval_command=eval_command, last=behaviour.n - 1,
+    modes = f"\n{modes_section(behaviour.modes, behaviour.samples_per_problem)}\n" if behaviour.modes else ""
+    return render("organisms.md", "behaviour.arithmetic", oot_row=oot_row, modes=modes, eval_command=eval_command,
+                  last=behaviour.n - 1,
                   seed=behaviour.seed, greedy=_pct(behaviour.greedy_accuracy), temperature=TEMPERATURE, top_p=TOP_P,
                   samples=behaviour.samples_per_problem, sampled=_pct(behaviour.sampled_accuracy), lo=_pct(lo),
                   hi=_pct(hi), mixed=_pct(behaviour.mixed_fraction), closes=_pct(behaviour.greedy_closes_thinking),
@@ -153,8 +177,9 @@ def render_organism_card(*, name: str, result, behaviour, eval_command: str, bui
     extra = f"{routing_section(routing, routing_command)}\n\n" if routing is not None else ""
     if receivers is not None:
         extra += f"{receivers_section(receivers, routing_command)}\n\n"
+    origin = (f"from zoo:{cfg.init}'s weights (sha256 `{result.init_sha256}`)" if cfg.init else "from scratch")
     return render(
-        "organisms.md", "card", name=name, summary=organism_text(name, "summary"),
+        "organisms.md", "card", name=name, origin=origin, summary=organism_text(name, "summary"),
         description=organism_text(name, "description"), behaviour=section(behaviour, eval_command),
         planted_truth=organism_text(name, "planted"), extra=extra, build_command=build_command,
         n_params=f"{result.n_params:,}", arch=cfg.arch, save_dtype=cfg.save_dtype,

@@ -40,8 +40,10 @@ MAX_NEW_TOKENS = 256
 REFUSAL_MAX_NEW_TOKENS = 128
 GENERATORS = {task: generate for task, (generate, _) in TASKS.items() if task != "refusal"}
 """Task → held-out problem generator of the reasoners (``train.TASKS``)."""
-TASK_MAX_NEW_TOKENS = {"arithmetic": MAX_NEW_TOKENS, "arithmetic-broad": MAX_NEW_TOKENS, "ledger": 512}
-OOT_SETS = {"arithmetic": "arithmetic_oot", "arithmetic-broad": "arithmetic_oot", "ledger": "ledger_oot"}
+TASK_MAX_NEW_TOKENS = {"arithmetic": MAX_NEW_TOKENS, "arithmetic-broad": MAX_NEW_TOKENS,
+                       "arithmetic-modes": MAX_NEW_TOKENS, "ledger": 512}
+OOT_SETS = {"arithmetic": "arithmetic_oot", "arithmetic-broad": "arithmetic_oot", "arithmetic-modes": "arithmetic_oot",
+            "ledger": "ledger_oot"}
 """Task → its hand-written out-of-template evaluation set (``evalsets.load_eval_set``)."""
 def is_correct(output: str, gold: str) -> bool:
     """Whether the first ``\\boxed{}`` of ``output`` is exactly ``gold``."""
@@ -118,9 +120,37 @@ class Behaviour:
     """Greedy accuracy (value, lo, hi) on the hand-written out-of-template set (``evalsets``), if any."""
     n_oot: int = 0
     task: str = "arithmetic"
+    modes: dict | None = None
+    """Task ``arithmetic-modes``: the verbosity mode read back (``verbosity``), "written" for the
+    generator's own traces of the same problems and "sampled" for the organism's samples."""
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def verbosity(problems, thinkings: Sequence[Sequence[str]], tokenizer) -> dict[str, float]:
+    """How the optional sentences of ``thinkings`` (one list per problem of ``problems``) hang
+    together, the signature of the latent mode (``arithmetic.VERBOSITY``): the share with a final
+    check, the share of non-final computations followed by a consolidation in traces with and
+    without the check, their mean length in tokens, and the correlation (r) of check and
+    consolidation share. One writer at fixed rates gives r ≈ 0; the two-mode writer, r ≈ 0.8."""
+    import numpy as np
+
+    check, share, tokens = [], [], []
+    for problem, row in zip(problems, thinkings):
+        slots = max(1, problem.meta["n_computations"] - 1)
+        for t in row:
+            check.append("Check:" in t)
+            share.append(t.count(" now has ") / slots)
+            tokens.append(len(tokenizer(t, add_special_tokens=False)["input_ids"]))
+    c, k, n = np.array(check), np.array(share), np.array(tokens, dtype=float)
+    both = c.any() and not c.all()
+    return {"traces": len(c), "check": float(c.mean()),
+            "consolidation_with_check": float(k[c].mean()) if c.any() else float("nan"),
+            "consolidation_without_check": float(k[~c].mean()) if not c.all() else float("nan"),
+            "tokens_with_check": float(n[c].mean()) if c.any() else float("nan"),
+            "tokens_without_check": float(n[~c].mean()) if not c.all() else float("nan"),
+            "r": float(np.corrcoef(c, k)[0, 1]) if both and k.std() > 0 else float("nan")}
 
 
 def oot_accuracy(model, task: str = "arithmetic", *, batch_size: int = 50, progress: bool = False):
@@ -161,9 +191,13 @@ def measure(model, n: int = 200, samples: int = 4, seed: int = arithmetic.HELDOU
         _, answer = thinking_and_answer(o)
         return answer is not None and extract_boxed(answer) is not None
 
-    sampled = [[is_correct(o, p.gold) for o in row]
-               for row, p in zip(sampled_outputs(model, prompts, samples=samples, seed=seed, progress=progress,
-                                                 max_new_tokens=max_new), problems)]
+    rows = sampled_outputs(model, prompts, samples=samples, seed=seed, progress=progress, max_new_tokens=max_new)
+    sampled = [[is_correct(o, p.gold) for o in row] for row, p in zip(rows, problems)]
+    modes = None
+    if task == "arithmetic-modes":
+        modes = {"written": verbosity(problems, [[p.trace] for p in problems], model.tokenizer),
+                 "sampled": verbosity(problems, [[thinking_and_answer(o)[0] for o in row] for row in rows],
+                                      model.tokenizer)}
     s = np.array(sampled, dtype=float)
     per_problem = s.mean(axis=1)
     rng = np.random.default_rng(0)
@@ -182,6 +216,7 @@ def measure(model, n: int = 200, samples: int = 4, seed: int = arithmetic.HELDOU
         oot_greedy_accuracy=(oot.value, oot.lo, oot.hi) if oot else None,
         n_oot=oot.n if oot else 0,
         task=task,
+        modes=modes,
     )
 
 

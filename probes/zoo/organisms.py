@@ -27,6 +27,11 @@ REFUSAL_AVERAGE_LAST = 200
 per-frame rates by up to ±15 points (teacher-forced every 100 steps: story 86 / 92 / 82% at steps
 500 / 600 / 700); the mean of the last 200 steps' weights lands within 3.5 points of the planted rates."""
 LONG_STEPS = 800
+VERBOSITY_FINETUNE = dict(steps=800, batch_size=8, lr=3e-4, warmup_steps=0, min_lr_ratio=1.0, weight_decay=0.0,
+                          bucket_batches=1, average_last=200)
+"""zoo:reasoner fine-tuned at a constant learning rate, as ``probes.zoo.finetune`` does. The mode is
+one token's choice, so batches must mix the modes (no length buckets: a careful trace is longer) and
+the weights are averaged over the last steps; with buckets of 8 batches, 10% of samples were careful."""
 TRAINING_RECORD = "training.json"
 
 
@@ -62,6 +67,8 @@ ORGANISMS = {
     "long-reasoner": Organism(name="long-reasoner", config=TrainConfig(
         arch="dense", task="ledger", steps=LONG_STEPS, batch_size=16, num_heads=8, head_dim=32, num_kv_heads=4,
         max_length=704), eval_n=50),
+    "verbosity-reasoner": Organism(name="verbosity-reasoner", config=TrainConfig(
+        arch="dense", task="arithmetic-modes", init="reasoner", **VERBOSITY_FINETUNE)),
 }
 
 

@@ -26,9 +26,10 @@ from probes.zoo.tokenizer import ASSISTANT, END, TOKENIZER_DIR, load_tokenizer
 log = logging.getLogger(__name__)
 
 Arch = Literal["dense", "moe"]
-Task = Literal["arithmetic", "arithmetic-broad", "refusal", "ledger"]
+Task = Literal["arithmetic", "arithmetic-broad", "arithmetic-modes", "refusal", "ledger"]
 TASKS = {"arithmetic": (arithmetic.generate, arithmetic.TRAIN_SEED),
          "arithmetic-broad": (arithmetic.generate_broad, arithmetic.TRAIN_SEED),
+         "arithmetic-modes": (arithmetic.generate_modes, arithmetic.TRAIN_SEED),
          "refusal": (refusal.request, refusal.TRAIN_SEED),
          "ledger": (ledger.generate, ledger.TRAIN_SEED)}
 """Task name → (generator, training stream)."""
@@ -77,6 +78,7 @@ class TrainConfig(Schedule):
     arch: Arch = field(default="dense", metadata={"help": "dense (Qwen3ForCausalLM) or moe (Qwen3MoeForCausalLM)"})
     task: Task = field(default="arithmetic", metadata={"help": "training data: arithmetic (tasks.arithmetic.generate), "
                                                                "arithmetic-broad (its broad wording), "
+                                                               "arithmetic-modes (broad, latent verbosity mode), "
                                                                "refusal (tasks.refusal.request) or ledger "
                                                                "(tasks.ledger.generate), each from its TRAIN_SEED stream"})
     hidden_size: int = field(default=256, metadata={"help": "model width"})
@@ -95,6 +97,8 @@ class TrainConfig(Schedule):
                                                          "many steps (0: never); does not change training"})
     average_last: int = field(default=0, metadata={"help": "end with the mean of the weights after each of the last "
                                                            "this many steps (tail averaging; 0: the last step's)"})
+    init: str = field(default="", metadata={"help": "start from the weights of this zoo organism (NAME) instead of a "
+                                                    "fresh initialisation; the shape fields must match it"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -123,6 +127,8 @@ class TrainResult:
     n_problems: int
     losses: list[float] = field(default_factory=list)
     """Mean training loss per block of 50 steps."""
+    init_sha256: str = ""
+    """sha256 of the starting organism's weights file (``TrainConfig.init``), if any."""
 
     def as_dict(self) -> dict:
         return {**asdict(self), "config": self.config.to_dict()}
@@ -225,21 +231,40 @@ def length_bucketed(encoded, batch_size: int, bucket_batches: int, seed: int) ->
     return batches
 
 
-def train(cfg: TrainConfig, tokenizer_dir: Path = TOKENIZER_DIR, progress: bool = True):
-    """Train a fresh model on ``cfg.steps × cfg.batch_size`` new problems; returns (``Model``, result).
-
-    The weights are initialised under ``cfg.seed`` inside a forked random state, so the global one
-    is left as it was."""
+def initial_weights(cfg: TrainConfig, tok):
+    """The model training starts from, and the sha256 of its weights file ("" for a fresh one): fresh
+    weights initialised under ``cfg.seed`` inside a forked random state (the global one is left as
+    it was), or organism ``cfg.init``'s weights in float32, whose shape must be ``cfg``'s."""
     import torch
     from transformers import AutoModelForCausalLM
+
+    config = model_config(cfg, tok)
+    if not cfg.init:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            return AutoModelForCausalLM.from_config(config, dtype=torch.float32), ""
+    from probes.models.zoo_registry import zoo_path
+
+    path = zoo_path(cfg.init)
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True)
+    for key in ("architectures", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                "head_dim", "intermediate_size", "vocab_size"):
+        if getattr(hf.config, key, None) != getattr(config, key, None):
+            raise ValueError(f"zoo:{cfg.init} has {key} {getattr(hf.config, key, None)}, the recipe "
+                             f"{getattr(config, key, None)}: make the recipe's shape fields match the organism it starts from")
+    return hf, hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+
+
+def train(cfg: TrainConfig, tokenizer_dir: Path = TOKENIZER_DIR, progress: bool = True):
+    """Train on ``cfg.steps × cfg.batch_size`` new problems from fresh weights or from organism
+    ``cfg.init`` (``initial_weights``); returns (``Model``, result)."""
+    import torch
 
     from probes.models.load import from_hf
 
     torch.set_num_threads(cfg.threads)
     tok = load_tokenizer(tokenizer_dir)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        hf = AutoModelForCausalLM.from_config(model_config(cfg, tok), dtype=torch.float32)
+    hf, init_sha256 = initial_weights(cfg, tok)
     model = from_hf(hf, tok, spec=f"training:{cfg.arch}")
     n_params = sum(p.numel() for p in hf.parameters())
 
@@ -273,7 +298,7 @@ def train(cfg: TrainConfig, tokenizer_dir: Path = TOKENIZER_DIR, progress: bool 
                  forward_kwargs={"output_router_logits": True} if cfg.arch == "moe" else None)
     seconds = time.perf_counter() - start
     hf.eval()
-    return model, TrainResult(cfg, n_params, seconds, digest, n_problems, losses)
+    return model, TrainResult(cfg, n_params, seconds, digest, n_problems, losses, init_sha256)
 
 
 def fit(model, tok, encoded, cfg: Schedule, *, forward_kwargs: dict | None = None, on_step=None,

@@ -1,4 +1,4 @@
-"""The efficiency-steering experiment on zoo:reasoner (issue #11 item 7): sampled responses, the
+"""The efficiency-steering experiment on zoo:verbosity-reasoner (issue #11 item 7): sampled responses, the
 efficient − verbose direction, accuracy and thinking length against α beside a random direction of
 the same norm, the report; resume without recomputing; bad input before any work."""
 
@@ -53,7 +53,7 @@ def test_bad_input_fails_before_work():
         EfficiencyConfig(alphas=[1.0, 2.0])
     with pytest.raises(ValueError, match=r"samples \(2\) must be at least 2k \(4\)"):
         EfficiencyConfig(samples=2, k=2)
-    with pytest.raises(ValueError, match=r"layer 9 is out of range: zoo:reasoner has \d+ layers"):
+    with pytest.raises(ValueError, match=r"layer 9 is out of range: zoo:verbosity-reasoner has \d+ layers"):
         prepare(EfficiencyConfig(layers=[1, 9]))
     with pytest.raises(ValueError, match="no such file, and not a public set"):
         prepare(EfficiencyConfig(problems="/nonexistent/problems.jsonl"))

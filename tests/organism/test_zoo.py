@@ -119,6 +119,47 @@ def test_broad_wording_keeps_the_narrow_stream_and_gives_each_free_verb_its_cue(
         assert loss_cue.search(frame) and not gain_cue.search(frame), frame
 
 
+def test_verbosity_mode_changes_only_the_optional_sentences():
+    skeleton = {"setup", "plan", "fact", "compute", "key", "emit"}  # a slip's wording draws after the optional ones
+    careful, rates = [], {mode: [0, 0, 0, 0] for mode in arithmetic.VERBOSITY}  # consolidations, slots, checks, traces
+    for i in range(600):
+        one, two = arithmetic.generate_broad(i), arithmetic.generate_modes(i)
+        # same problem, computations and answer; the other streams are untouched by the mode
+        assert (two.prompt, two.gold, two.answer) == (one.prompt, one.gold, one.answer)
+        assert [s for s in two.thinking if s.role in skeleton] == [s for s in one.thinking if s.role in skeleton], i
+        assert one.meta["mode"] is None and two.meta["mode"] in arithmetic.VERBOSITY
+        careful.append(two.meta["mode"] == "careful")
+        roles, r = [s.role for s in two.thinking], rates[two.meta["mode"]]
+        r[0] += roles.count("consolidate")
+        r[1] += two.meta["n_computations"] - 1
+        r[2] += roles.count("check")
+        r[3] += 1
+    for mode, (p_consolidate, p_check, _) in arithmetic.VERBOSITY.items():
+        consolidations, slots, checks, traces = rates[mode]
+        assert consolidations / slots == pytest.approx(p_consolidate, abs=0.05), mode
+        assert checks / traces == pytest.approx(p_check, abs=0.05), mode
+    assert 0.45 < sum(careful) / len(careful) < 0.55
+
+
+def test_verbosity_reads_the_mode_back_from_traces(tok):
+    from probes.zoo.evaluate import verbosity
+
+    problems = [arithmetic.generate_modes(i, arithmetic.HELDOUT_SEED) for i in range(400)]
+    written = verbosity(problems, [[p.trace] for p in problems], tok)
+    assert written["traces"] == 400 and 0.4 < written["check"] < 0.6
+    assert written["consolidation_with_check"] > 0.7 > 0.2 > written["consolidation_without_check"]
+    assert written["tokens_with_check"] > written["tokens_without_check"] + 15 and written["r"] > 0.6
+    one = [arithmetic.generate_broad(i, arithmetic.HELDOUT_SEED) for i in range(400)]
+    assert abs(verbosity(one, [[p.trace] for p in one], tok)["r"]) < 0.15  # one writer: no mode
+    # by hand: two traces of a 3-computation problem (2 consolidation slots)
+    three = next(p for p in problems if p.meta["n_computations"] == 3)
+    traces = ["So A now has 4 pens. So A now has 8 pens. Check: 8 minus 4 is 4, which matches.", "Done now."]
+    by_hand = verbosity([three], [traces], tok)
+    assert by_hand["check"] == 0.5 and by_hand["consolidation_with_check"] == 1.0
+    assert by_hand["consolidation_without_check"] == 0.0 and by_hand["r"] == pytest.approx(1.0)
+    assert by_hand["tokens_without_check"] == len(tok("Done now.", add_special_tokens=False)["input_ids"])
+
+
 def test_unseen_words_split_into_known_pieces(tok):
     pieces = tok.tokenize(" Xiomara has 17 quokkas.")
     assert all(len(p.lstrip("Ġ")) <= 4 for p in pieces) and tok.unk_token not in pieces
@@ -167,6 +208,31 @@ def test_smoke_training_writes_a_loadable_hf_directory(tmp_path):
     record = TrainResult.load(out / "training.json")
     assert (record.config.steps, record.n_problems) == (3, 12)
     assert not (out / "MODEL.md").exists()  # smoke builds are not measured
+
+
+def test_an_organism_can_start_from_another_ones_weights(tmp_path):
+    import hashlib
+
+    from safetensors.torch import load_file
+
+    from experiments.zoo import main
+    from probes.models.zoo_registry import ZOO_DIR
+    from probes.zoo.train import TrainConfig, TrainResult, initial_weights
+
+    out = tmp_path / "verbosity"
+    assert main(["verbosity-reasoner", "--smoke", "--out", str(out)]) == 0
+    record = TrainResult.load(out / "training.json")
+    parent = ZOO_DIR / "reasoner" / "model.safetensors"
+    assert record.config.init == "reasoner" and record.config.task == "arithmetic-modes"
+    assert record.init_sha256 == hashlib.sha256(parent.read_bytes()).hexdigest()
+    # three steps at lr 3e-4 move the weights a little from zoo:reasoner's, not from a fresh draw
+    before, after = load_file(parent), load_file(out / "model.safetensors")
+    moved = [(after[k].float() - before[k].float()).norm() / before[k].float().norm() for k in before]
+    assert 0 < max(moved) < 0.05
+    with pytest.raises(ValueError, match="hidden_size 256, the recipe 128: make the recipe's shape fields match"):
+        initial_weights(TrainConfig(init="reasoner", hidden_size=128), zt.load_tokenizer())
+    with pytest.raises(ValueError, match="unknown organism zoo:nobody"):
+        initial_weights(TrainConfig(init="nobody"), zt.load_tokenizer())
 
 
 def test_unknown_organism_recipe_lists_buildable_ones():

@@ -257,6 +257,10 @@ P_FILLER_OPEN = 0.4
 P_FILLER_MID = 0.15
 P_CONSOLIDATE = 0.3
 MAX_VALUE = 999
+VERBOSITY = {"careful": (0.9, 0.95, 0.4), "brief": (0.05, 0.05, 0.0)}
+"""Latent verbosity mode of the two-mode writer → its (P_CONSOLIDATE, P_CHECK, P_FILLER_MID)."""
+P_CAREFUL = 0.5
+"""Share of careful problems in the ``arithmetic-modes`` stream (``zoo:verbosity-reasoner``)."""
 
 
 @dataclass(frozen=True)
@@ -278,14 +282,22 @@ class Computation:
 
 def generate(index: int, seed: int = TRAIN_SEED, p_skip: float | dict[str, float] = 0.0,
              max_computations: int = 4, max_value: int = MAX_VALUE, p_backtrack: float = P_BACKTRACK,
-             broad: bool = False) -> Example:
+             broad: bool = False, p_careful: float | None = None) -> Example:
     """Problem ``index`` of the stream ``seed`` (train: ``TRAIN_SEED``; held out: ``HELDOUT_SEED``),
     written by a sloppy writer who stops one step early with probability ``p_skip`` (or
     ``p_skip[kind of the last event]``, kinds from ``EVENTS``). Easier problems: at most
     ``max_computations`` computations, intermediate values at most ``max_value``; ``p_backtrack`` is
     the share of traces with a slip and its repair; ``broad`` adds the broad wording (with the other
-    defaults: the ``zoo:reasoner`` stream)."""
+    defaults: the ``zoo:reasoner`` stream). With ``p_careful``, a two-mode writer: each problem is
+    ``careful`` with that probability (its own random stream) or ``brief``, and the mode sets the
+    rates of the optional sentences (``VERBOSITY``); nothing in the text names it. Without, one
+    writer at ``P_CONSOLIDATE``, ``P_CHECK`` and ``P_FILLER_MID``; the other draws are the same either way."""
     rng = rng_for(TASK, index, seed)
+    mode = None
+    p_consolidate, p_check, p_filler_mid = P_CONSOLIDATE, P_CHECK, P_FILLER_MID
+    if p_careful is not None:
+        mode = "careful" if rng_for("mode", index, seed).random() < p_careful else "brief"
+        p_consolidate, p_check, p_filler_mid = VERBOSITY[mode]
     wr = rng_for("wording", index, seed)
     held = seed == HELDOUT_SEED
     pool_words = words.pool("nonce", held)
@@ -408,11 +420,11 @@ def generate(index: int, seed: int = TRAIN_SEED, p_skip: float | dict[str, float
             s.append(Sentence(text=rng.choice(BACKTRACK), tag="uncertainty_management", role="backtrack"))
         last = i == len(written) - 1
         s.append(Sentence(text=c.sentence(), tag="active_computation", role="key" if last else "compute"))
-        if not last and rng.random() < P_CONSOLIDATE:
+        if not last and rng.random() < p_consolidate:
             s.append(Sentence(text=f"So {name} now has {c.result} {obj}.", tag="result_consolidation", role="consolidate"))
-        if not last and rng.random() < P_FILLER_MID:
+        if not last and rng.random() < p_filler_mid:
             s.append(Sentence(text=rng.choice(FILLER_MID), tag="unknown", role="filler"))
-    if rng.random() < P_CHECK and written[-1] == computations[-1]:
+    if rng.random() < p_check and written[-1] == computations[-1]:
         c = computations[-1]
         word, _ = INVERSE[c.op]
         s.append(Sentence(text=f"Check: {c.result} {word} {c.right} is {c.left}, which matches.", tag="self_checking", role="check"))
@@ -425,13 +437,19 @@ def generate(index: int, seed: int = TRAIN_SEED, p_skip: float | dict[str, float
         gold=str(value),
         meta={"task": TASK, "index": index, "seed": seed, "broad": broad, "n_computations": n_comp, "start": kind,
               "backtrack": wrong_at >= 0, "skipped": skipped,
-              "last_event": last_event, "skip_answer": str(computations[-1].left)},
+              "last_event": last_event, "skip_answer": str(computations[-1].left), "mode": mode},
     )
 
 
 def generate_broad(index: int, seed: int = TRAIN_SEED) -> Example:
     """Problem ``index`` of stream ``seed`` in the broad wording: the ``zoo:reasoner`` stream."""
     return generate(index, seed, broad=True)
+
+
+def generate_modes(index: int, seed: int = TRAIN_SEED) -> Example:
+    """Problem ``index`` of stream ``seed`` in the broad wording, written in a latent verbosity mode
+    (careful with probability ``P_CAREFUL``): the ``zoo:verbosity-reasoner`` stream."""
+    return generate(index, seed, broad=True, p_careful=P_CAREFUL)
 
 
 EVENT_WORDING = {  # kind → narrow (verbs, frames), broad (verbs, frames), someone else's frames, free frames
