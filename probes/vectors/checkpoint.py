@@ -26,13 +26,11 @@ _PICKLES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
 class Checkpoint:
-    """The tensors of a checkpoint directory (names, shapes, dtypes from the headers), its config and hash."""
+    """The tensors of a checkpoint (a directory, ``zoo:NAME`` or a hub name: ``checkpoint_dir``; names,
+    shapes, dtypes from the headers), its config and hash."""
 
     def __init__(self, path: str | os.PathLike[str]):
-        self.path = Path(path)
-        if not self.path.is_dir():
-            raise FileNotFoundError(f"{self.path} is not a checkpoint directory (a folder with *.safetensors and "
-                                    "config.json, e.g. a save_pretrained output)")
+        self.path = checkpoint_dir(os.fspath(path))
         index = self.path / INDEX
         if index.is_file():
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]

@@ -37,16 +37,3 @@ def test_random_expert_draws_are_distinct_sets(tiny_models):
     draws = [random_experts(model, cfg, chosen, 1, d) for d in range(n_pairs)]
     assert len({tuple(d) for d in draws}) == n_pairs and all(chosen[0] not in d for d in draws)
     assert random_experts(model, cfg, chosen, 1, 2) == draws[2]  # the same draw every time (every β)
-
-
-def test_checkpoint_dir_by_spec(tmp_path, monkeypatch):
-    from probes.models.zoo_registry import zoo_path
-    from probes.vectors.checkpoint import checkpoint_dir
-
-    assert checkpoint_dir("zoo:tv-rl") == zoo_path("tv-rl")
-    assert checkpoint_dir(str(tmp_path)) == tmp_path
-    with pytest.raises(ValueError, match="neither a checkpoint directory"):
-        checkpoint_dir("no-such-thing")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ValueError, match="could not be fetched from the Hugging Face hub.*pass its directory"):
-        checkpoint_dir("someone/absent-model-xyz")

@@ -114,3 +114,49 @@ def test_a_served_model_takes_no_in_memory_vector():
     engine = OpenAIEngine("http://127.0.0.1:9/v1", "merged")
     with pytest.raises(ValueError, match="serves fixed weights.*serve the merged checkpoint"):
         greedy_correct(None, ["2+2?"], ["4"], vector={"w": torch.zeros(1)}, engine=engine)
+
+
+def test_checkpoint_dir_by_spec(tmp_path, monkeypatch):
+    from probes.models.zoo_registry import zoo_path
+    from probes.vectors.checkpoint import checkpoint_dir
+
+    assert checkpoint_dir("zoo:tv-rl") == zoo_path("tv-rl")
+    assert checkpoint_dir(str(tmp_path)) == tmp_path
+    with pytest.raises(ValueError, match="neither a checkpoint directory"):
+        checkpoint_dir("no-such-thing")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="could not be fetched from the Hugging Face hub.*pass its directory"):
+        checkpoint_dir("someone/absent-model-xyz")
+
+
+def hub_cache_copy(cache, repo: str, src, commit: str = "0" * 40):
+    """``src``'s files laid out as a Hugging Face hub cache holds a download of ``repo`` at ``commit``."""
+    import shutil
+
+    root = cache / f"models--{repo.replace('/', '--')}"
+    snap = root / "snapshots" / commit
+    shutil.copytree(src, snap)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(commit)
+    return snap
+
+
+def test_hub_names_resolve_through_the_hub_cache(tmp_path, monkeypatch):
+    """The hub path of ``checkpoint_dir`` is huggingface_hub's own ``snapshot_download``: offline it
+    answers from the cache, so a checkpoint laid out there is found by its hub name and extracted."""
+    from huggingface_hub import constants
+
+    from probes.cli import main
+    from probes.models.zoo_registry import zoo_path
+    from probes.vectors.checkpoint import checkpoint_dir
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    (tmp_path / "hub").mkdir()
+    rl = hub_cache_copy(tmp_path / "hub", "someone/tv-rl", zoo_path("tv-rl"))
+    assert checkpoint_dir("someone/tv-rl") == rl
+    assert main(["vectors", "extract", "--a", "someone/tv-rl", "--b", "zoo:tv-sft", "--out", str(tmp_path / "v")]) == 0
+    import json
+
+    source = json.loads((tmp_path / "v" / "vectors_manifest.json").read_text())["source"]
+    assert (source["a"], source["b"]) == (str(rl), str(zoo_path("tv-sft")))
