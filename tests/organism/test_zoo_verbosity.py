@@ -54,3 +54,24 @@ def test_card_states_the_planted_rates():
     (cc, ck, _), (bc, bk, _) = arithmetic.VERBOSITY["careful"], arithmetic.VERBOSITY["brief"]
     assert f"careful {cc:g}, brief {bc:g}" in card and f"the final check ({ck:g} / {bk:g})" in card
     assert "from zoo:reasoner's weights (sha256 `" in card and "| sampled (" in card
+
+
+def test_efficiency_direction_switches_the_planted_mode(model):
+    """v = mean(shortest correct) − mean(longest correct) at layer 2 (``probes.steering.efficiency``);
+    −α·v during thinking switches the careful mode on: many more thinking tokens, where a random
+    direction of ‖v‖'s norm moves them little (full curves: the issue note's command)."""
+    from probes.evals.sampling import TOP_P
+    from probes.steering import efficiency_curve, efficiency_direction, random_direction, sample_responses
+    from probes.zoo.evaluate import ARITHMETIC_PROBLEMS, problem_split
+
+    fit, held = problem_split(ARITHMETIC_PROBLEMS, 20, 12)
+    render = lambda problems: [model.render_chat(p.prompt) for p in problems]  # noqa: E731
+    responses = sample_responses(model, render(fit), [p.gold for p in fit], n=8, seed=0)
+    d = efficiency_direction(model, responses, 2)
+    assert d.verbose_tokens > d.efficient_tokens + 20 and len(d.problems) >= 10
+    change = {}
+    for kind, vector in (("v", d.vector), ("random", random_direction(d.vector, layer=2, seed=0))):
+        curve = efficiency_curve(model, render(held), [p.gold for p in held], layer=2, vector=vector, alphas=[-8, 0],
+                                 samples_per_problem=4, temperature=0.6, top_p=TOP_P, seed=0, n_boot=1000)
+        change[kind] = curve.points[0].tokens_change
+    assert change["v"].lo > 0 and change["v"].value > change["random"].value + 10, change
