@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from probes.config import Config
-from probes.io import atomic_write_json
+from probes.io import atomic_write_json, weights_hash
 from probes.zoo.tasks import arithmetic, ledger, refusal
 from probes.zoo.tokenizer import ASSISTANT, END, TOKENIZER_DIR, load_tokenizer
 
@@ -252,7 +252,7 @@ def initial_weights(cfg: TrainConfig, tok):
         if getattr(hf.config, key, None) != getattr(config, key, None):
             raise ValueError(f"zoo:{cfg.init} has {key} {getattr(hf.config, key, None)}, the recipe "
                              f"{getattr(config, key, None)}: make the recipe's shape fields match the organism it starts from")
-    return hf, hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+    return hf, weights_hash([path / "model.safetensors"])
 
 
 def train(cfg: TrainConfig, tokenizer_dir: Path = TOKENIZER_DIR, progress: bool = True):

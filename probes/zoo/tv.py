@@ -24,7 +24,6 @@ and ``tv-instruct − v`` fewer. The vector arithmetic is ``probes.vectors``; th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Literal
 
 from probes.config import Config
+from probes.io import weights_hash
 from probes.models.zoo_registry import ZOO_DIR
 from probes.zoo.grpo import GRPOConfig, train_grpo
 from probes.zoo.rsft import RSFTConfig, train_rsft
@@ -171,7 +171,7 @@ def train_stage(name: str, cfg: TVConfig, root: Path = ZOO_DIR, progress: bool =
     record: dict = {"name": name}
     parent = parent_dir(name, root)
     model = load_stage(parent)
-    record["parent_weights_sha256"] = _sha256(parent / "model.safetensors")
+    record["parent_weights_sha256"] = weights_hash([parent / "model.safetensors"])
     if name != "tv-rl":
         schedule = {"tv-base": cfg.base, "tv-sft": cfg.sft, "tv-instruct": cfg.instruct}[name]
         make = {"tv-base": base_documents, "tv-sft": sft_examples, "tv-instruct": instruct_examples}[name]
@@ -268,14 +268,10 @@ def measure_family(root: Path = ZOO_DIR, n: int = 500, progress: bool = True) ->
     norms = {"v": l2_norm(v), "tv-instruct": l2_norm(inst.hf.parameters())}
     result = {"n": n, "seed": arithmetic.HELDOUT_SEED, "models": rows, "differences": diffs, "norms": norms,
               "seconds": time.perf_counter() - start,
-              "weights_sha256": {name: _sha256(root / name / "model.safetensors") for name in NAMES if name != "tv-base"}}
+              "weights_sha256": {name: weights_hash([root / name / "model.safetensors"]) for name in NAMES if name != "tv-base"}}
     for name in NAMES:
         atomic_write_json(root / name / EVAL_FILE, result, indent=1)
     return result
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def write_cards(root: Path = ZOO_DIR) -> list[Path]:
@@ -295,7 +291,7 @@ def write_cards(root: Path = ZOO_DIR) -> list[Path]:
         rec = json.loads((d / RECORD).read_text())
         res_path = d / EVAL_FILE
         res = json.loads(res_path.read_text()) if res_path.is_file() else None
-        if res and any(_sha256(root / k / "model.safetensors") != h for k, h in res["weights_sha256"].items()):
+        if res and any(weights_hash([root / k / "model.safetensors"]) != h for k, h in res["weights_sha256"].items()):
             res = None  # a stage was rebuilt since the measurement
         tokenizer_hash = tokenizer_hash or corpus_hash()
         text = render_tv_card(name=name, family=rec["family"], stage=rec["stage"], result=res,
