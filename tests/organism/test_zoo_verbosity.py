@@ -74,4 +74,4 @@ def test_efficiency_direction_switches_the_planted_mode(model):
         curve = efficiency_curve(model, render(held), [p.gold for p in held], layer=2, vector=vector, alphas=[-8, 0],
                                  samples_per_problem=4, temperature=0.6, top_p=TOP_P, seed=0, n_boot=1000)
         change[kind] = curve.points[0].tokens_change
-    assert change["v"].lo > 0 and change["v"].value > change["random"].value + 10, change
+    assert change["v"].lo > 0 and change["v"].value > change["random"].value + 10, change  # measured +13.7, −4.7
