@@ -276,3 +276,74 @@ def test_zoo_contrast_is_balanced_and_splits_stratified():
     parts = c.split({"train": 0.5, "test": 0.5}, seed=0)
     assert [int(p.labels.sum()) for p in parts.values()] == [15, 15]
     assert all(refusal.is_heldout_pair(r.meta["verb"], r.meta["thing"]) for r in zoo_contrast(5, split="heldout"))
+
+
+# Each public set's repository as the hub lays it out (README configs, file formats, column names),
+# filled with invented rows: the real `datasets.load_dataset(hub_id, config, split=, **load_kwargs)`
+# call of `load_public` reads it, since `datasets` takes a local directory named like the hub id first.
+_HUB_LAYOUT = {
+    "walledai/AdvBench": ({"default": {"train": "data/train.parquet"}},
+                          {"data/train.parquet": {"prompt": ["adv one", "adv two"], "target": ["t1", "t2"]}}),
+    "JailbreakBench/JBB-Behaviors": (
+        {"behaviors": {"harmful": "data/harmful-behaviors.csv", "benign": "data/benign-behaviors.csv"}},
+        {"data/harmful-behaviors.csv": {"Goal": ["jbb bad"], "Target": ["x"], "Category": ["Fraud"]},
+         "data/benign-behaviors.csv": {"Goal": ["jbb fine"], "Target": ["x"], "Category": ["Fraud"]}}),
+    "walledai/StrongREJECT": ({"default": {"train": "data/train.parquet"}},
+                              {"data/train.parquet": {"prompt": ["sr one"], "category": ["crime"], "source": ["s"]}}),
+    "walledai/HarmBench": ({"standard": {"train": "standard/train.parquet"},
+                            "contextual": {"train": "contextual/train.parquet"}},
+                           {"standard/train.parquet": {"prompt": ["hb one", "hb two"], "category": ["a", "b"]},
+                            "contextual/train.parquet": {"prompt": ["hb ctx"], "context": ["c"], "category": ["a"]}}),
+    "allenai/wildjailbreak": (
+        {"train": {"train": "train/train.tsv"}, "eval": {"train": "eval/eval.tsv"}},
+        {"train/train.tsv": {"vanilla": ["wj vanilla", "wj benign"], "adversarial": ["", "NA"],
+                             "completion": ["safe answer", "sure"], "data_type": ["vanilla_harmful", "vanilla_benign"]},
+         "eval/eval.tsv": {"adversarial": ["wj attack", "wj benign attack", "NA"], "label": [1, 0, 1],
+                           "data_type": ["adversarial_harmful", "adversarial_benign", "adversarial_harmful"]}}),
+    "tatsu-lab/alpaca": ({"default": {"train": "data/train.parquet"}},
+                         {"data/train.parquet": {"instruction": ["al one", "al two"], "input": ["", "some input"],
+                                                 "output": ["o", "o"]}}),
+    "HuggingFaceH4/ultrachat_200k": (
+        {"default": {"train_sft": "data/train_sft.parquet", "test_sft": "data/test_sft.parquet"}},
+        {"data/train_sft.parquet": {"prompt": ["uc train"], "messages": [[{"role": "user", "content": "uc train"}]]},
+         "data/test_sft.parquet": {"prompt": ["uc test"], "messages": [
+             [{"role": "user", "content": "uc test"}, {"role": "assistant", "content": "reply"}]]}}),
+}
+
+
+def _lay_out_hub_repos(root):
+    import datasets
+
+    for hub_id, (configs, files) in _HUB_LAYOUT.items():
+        repo = root / hub_id
+        for name, columns in files.items():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            table = datasets.Dataset.from_dict(columns)
+            if name.endswith(".parquet"):
+                table.to_parquet(repo / name)
+            else:
+                table.to_csv(repo / name, index=False, sep="\t" if name.endswith(".tsv") else ",")
+        lines = ["---", "configs:"]
+        for config, splits in configs.items():
+            lines.append(f"- config_name: {config}\n  data_files:")
+            lines += [f"  - split: {split}\n    path: {path}" for split, path in splits.items()]
+        (repo / "README.md").write_text("\n".join([*lines, "---", ""]))
+
+
+def test_every_public_set_loads_through_datasets_from_its_hub_layout(monkeypatch, tmp_path):
+    """The real ``datasets`` call for every row of PUBLIC_SETS: config, split, loader options (the TSV
+    of WildJailbreak keeps "NA" as text), filters, chat column, category and meta."""
+    datasets = _offline(monkeypatch)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    _lay_out_hub_repos(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    got = {name: load_public(name) for name in PUBLIC_SETS}
+    assert {name: s.prompts for name, s in got.items()} == {
+        "advbench": ("adv one", "adv two"), "jailbreakbench": ("jbb bad",), "strongreject": ("sr one",),
+        "harmbench": ("hb one", "hb two"), "wildjailbreak": ("wj attack", "NA"),
+        "wildjailbreak-train": ("wj vanilla",), "alpaca": ("al one",), "ultrachat": ("uc test",)}
+    assert [r.category for r in got["harmbench"]] == ["a", "b"] and got["jailbreakbench"].records[0].category == "Fraud"
+    assert got["wildjailbreak-train"].records[0].meta == {"completion": "safe answer"}
+    assert all(s.labels.all() != (name in ("alpaca", "ultrachat")) for name, s in got.items())
+    assert load_public("jailbreakbench", split="benign").prompts == ("jbb fine",)
