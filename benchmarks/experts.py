@@ -29,7 +29,7 @@ the whole: the overhead without the noise of two separate timings. One thread by
 runs thousands of small ops, where a second thread costs more in hand-offs than it gains (waiting
 passively halved the sampling speed here; spinning competes with any other process for the cores).
 
-    python benchmarks/experts.py [--n 32 --batch 8 --problems 2 --samples 8 --new 128 --repeats 21 --threads 1]
+    python benchmarks/experts.py [--n 32 --batch 8 --problems 2 --samples 8 --new 128 --beta 64 --repeats 21 --threads 1]
     python benchmarks/experts.py --quick     # fewer texts, samples and repeats: a smoke run
 """
 
@@ -155,6 +155,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=8, help="samples per prompt, and distinct prompts per batch")
     ap.add_argument("--new", type=int, default=128, help="max_new_tokens")
     ap.add_argument("--eos", action="store_true", help="let samples stop at EOS (lengths then differ by condition)")
+    ap.add_argument("--beta", type=float, default=64.0, help="RICE's boost (the paper's default 64)")
     ap.add_argument("--repeats", type=int, default=21)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="8 texts, 2 prompts × 4 samples of 32 tokens, 3 repeats")
@@ -203,7 +204,7 @@ def main() -> None:
     print(f"(a) routing capture / plain forward: {ratio:.3f}x (target <= 1.10x)")
 
     # (b) RICE-reinforced generation over plain generation, same seeds, same number of tokens
-    pairs, beta = [(0, 0), (2, 1)], 64.0
+    pairs, beta = [(0, 0), (2, 1)], args.beta
     kw = dict(temperature=0.6, top_p=0.95, max_new_tokens=args.new, eos_token_ids=None if args.eos else [])
     rows = args.problems * args.samples
     prompts = [model.render_chat(ex.prompt) for ex in problems[:rows]]
