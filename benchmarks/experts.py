@@ -22,9 +22,9 @@ step runs more experts: a change in the work, like a change in length, not a cos
 The configurations of each part are interleaved repeat by repeat (in reversed order every other
 repeat), so load from other processes hits them alike; prints the best and the median of the
 repeats and the ratio of the bests. On shared cores one run of the same work varies by up to a third
-from repeat to repeat, so (b) states the median over repeats of the paired ratio (the two runs of a
-repeat are adjacent) with a bootstrap interval, and each part also reports, from one more run, the
-time spent inside the hooks themselves (the recorder's counting, RICE's reweighting) as a share of
+from repeat to repeat, so (b) states the ratio of the sums over decode steps of each step's best
+repeat, with a bootstrap interval, and each part also reports, from one more run, the time spent
+inside the hooks themselves (the recorder's counting, RICE's reweighting) as a share of
 the whole: the overhead without the noise of two separate timings. One thread by default: decoding
 runs thousands of small ops, where a second thread costs more in hand-offs than it gains (waiting
 passively halved the sampling speed here; spinning competes with any other process for the cores).
@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import random
 import statistics
 import time
 
@@ -94,14 +93,15 @@ def _clocked_hooks(modules, clock: list[float]):
 def _rice_against_plain(model, generate, pairs, beta: float, repeats: int, rows: int) -> float:
     """Times ``generate()`` plain, under RICE at β = 1 and at ``beta`` (interleaved); prints each
     condition's times, tokens and distinct experts per decode step, and RICE's hook share; returns
-    the reinforced / plain throughput (paired median)."""
+    the reinforced / plain throughput from the per-step bests (``_step_bests``)."""
     from probes.experts import rice
 
     generated: dict[str, int] = {}
     experts_per_call: dict[str, float] = {}
+    steps: dict[str, list[list[float]]] = {}
 
     def run_as(name, interventions, wrap=contextlib.nullcontext):
-        active = []
+        active, stamps = [], []
 
         def distinct(_mod, _args, out):  # experts a decode step (one token per row) routes to
             if out[2].shape[0] <= rows:
@@ -109,18 +109,21 @@ def _rice_against_plain(model, generate, pairs, beta: float, repeats: int, rows:
 
         with model.intervene(*interventions), wrap():  # the counting hook comes after: never clocked
             handles = [model.router(L).register_forward_hook(distinct) for L in model.moe_layers]
+            handles.append(model.hf.register_forward_pre_hook(lambda *_: stamps.append(time.perf_counter())))
             try:
                 outs = generate()
             finally:
+                stamps.append(time.perf_counter())
                 for h in handles:
                     h.remove()
         generated[name] = sum(len(r.token_ids) for rs in outs for r in rs)
         experts_per_call[name] = sum(active) / max(len(active), 1)
+        steps.setdefault(name, []).append([b - a for a, b in zip(stamps, stamps[1:])])
 
     conditions = {"plain": [], "rice(β=1)": [rice(model, pairs, beta=1.0)], "rice": [rice(model, pairs, beta=beta)]}
     times = _interleaved({name: lambda name=name, i=i: run_as(name, i) for name, i in conditions.items()}, repeats)
     clock, routers, t0 = [0.0], [model.router(L) for L in model.moe_layers], time.perf_counter()
-    run_as("rice", conditions["rice"], lambda: _clocked_hooks(routers, clock))
+    run_as("clocked", conditions["rice"], lambda: _clocked_hooks(routers, clock))
     inside, total = clock[0], time.perf_counter() - t0
     rate = {}
     for name, ts in times.items():
@@ -129,22 +132,25 @@ def _rice_against_plain(model, generate, pairs, beta: float, repeats: int, rows:
               f"{generated[name]} tokens   {rate[name]:7.1f} tokens/s (best)   "
               f"{experts_per_call[name]:.2f} experts per decode step and layer")
     print(f"    RICE hooks {inside * 1e3:8.1f} ms of {total * 1e3:.1f} ms ({100 * inside / total:.1f}%)")
-    paired = {}
-    for name in ("rice(β=1)", "rice"):
-        paired[name] = mid, lo, hi = _paired_ratio(times["plain"], times[name], generated[name] / generated["plain"])
-        print(f"    {name} / plain throughput: {mid:.3f}x [{lo:.3f}, {hi:.3f}] paired median of {len(times[name])} "
-              f"repeats [95% bootstrap CI]; ratio of bests {rate[name] / rate['plain']:.3f}x")
-    return paired["rice"][0]
+    ratio = {}
+    for name in ("rice(β=1)", "rice"):  # steps[name][0] is the warm-up run
+        mid, lo, hi = _step_bests(steps["plain"][1:], steps[name][1:])
+        ratio[name] = mid * generated[name] / generated["plain"]
+        print(f"    {name} / plain throughput: {ratio[name]:.3f}x [{lo * ratio[name] / mid:.3f}, "
+              f"{hi * ratio[name] / mid:.3f}] from per-step bests [95% bootstrap CI over repeats]; "
+              f"ratio of bests {rate[name] / rate['plain']:.3f}x")
+    return ratio["rice"]
 
 
-def _paired_ratio(base: list[float], other: list[float], tokens: float = 1.0) -> tuple[float, float, float]:
-    """Median over repeats of base time / other time (× the ratio of tokens decoded), and its 95% bootstrap
-    interval. The two runs of a repeat are adjacent, so a slow spell of the machine hits both: on shared
-    cores this moves far less than the ratio of two separate bests."""
-    ratios = [tokens * b / o for b, o in zip(base, other)]
-    rng = random.Random(0)
-    meds = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(2000))
-    return statistics.median(ratios), meds[50], meds[1949]
+def _step_bests(base: list[list[float]], other: list[list[float]]) -> tuple[float, float, float]:
+    """Ratio of Σ_step min_repeat (time of that step) of ``base`` over the same of ``other``, with a 95%
+    bootstrap interval (repeats resampled, the same draw for both). Each decode step does the same work
+    in every repeat (same seeds), and a slow spell of the machine lasts longer than a step but shorter
+    than a run, so taking each step's best repeat drops the spells that the best of whole runs keeps."""
+    b, o = torch.tensor(base), torch.tensor(other)  # (repeats, steps)
+    draws = torch.randint(len(base), (2000, len(base)), generator=torch.Generator().manual_seed(0))
+    boot = (b[draws].amin(1).sum(-1) / o[draws].amin(1).sum(-1)).sort().values
+    return float(b.amin(0).sum() / o.amin(0).sum()), float(boot[50]), float(boot[1949])
 
 
 def main() -> None:
@@ -226,7 +232,7 @@ def main() -> None:
     ]:
         print(f"  {label}:")
         ratios[workload] = _rice_against_plain(model, generate, pairs, beta, args.repeats, args.samples)
-    print(f"(b) reinforced / plain generation throughput (paired median), distinct prompts: {ratios['batch']:.3f}x "
+    print(f"(b) reinforced / plain generation throughput (per-step bests), distinct prompts: {ratios['batch']:.3f}x "
           f"(target >= 0.95x); samples of one prompt (more experts per step, see above): {ratios['samples']:.3f}x")
 
 if __name__ == "__main__":
