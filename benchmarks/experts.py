@@ -134,10 +134,10 @@ def _rice_against_plain(model, generate, pairs, beta: float, repeats: int, rows:
     print(f"    RICE hooks {inside * 1e3:8.1f} ms of {total * 1e3:.1f} ms ({100 * inside / total:.1f}%)")
     ratio = {}
     for name in ("rice(β=1)", "rice"):  # steps[name][0] is the warm-up run
-        mid, lo, hi = _step_bests(steps["plain"][1:], steps[name][1:])
-        ratio[name] = mid * generated[name] / generated["plain"]
-        print(f"    {name} / plain throughput: {ratio[name]:.3f}x [{lo * ratio[name] / mid:.3f}, "
-              f"{hi * ratio[name] / mid:.3f}] from per-step bests [95% bootstrap CI over repeats]; "
+        per_token = generated[name] / generated["plain"]
+        ratio[name], lo, hi = (x * per_token for x in _step_bests(steps["plain"][1:], steps[name][1:]))
+        print(f"    {name} / plain throughput: {ratio[name]:.3f}x [{lo:.3f}, {hi:.3f}] "
+              f"from per-step bests [95% bootstrap CI over repeats]; "
               f"ratio of bests {rate[name] / rate['plain']:.3f}x")
     return ratio["rice"]
 
